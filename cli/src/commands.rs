@@ -1,0 +1,317 @@
+//! Cluster, volume and file commands.
+
+use crate::Command;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use ringfs_client::{Cluster, Vol};
+use ringfs_core::fs::FileKind;
+use ringfs_core::units::{format_size, parse_size};
+use std::sync::Arc;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Leader, members, layout and stored data.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume (idempotent when the settings match).
+    Create {
+        name: String,
+        /// Capacity quota, e.g. 10GiB.
+        #[arg(long, short)]
+        size: String,
+        /// Replicas of every block (default: 3, or fewer on a smaller cluster).
+        #[arg(long, short, default_value_t = 0)]
+        replication: u32,
+    },
+    /// List volumes.
+    Ls,
+    /// Change a volume's capacity quota.
+    Resize {
+        name: String,
+        #[arg(long, short)]
+        size: String,
+    },
+    /// Delete a volume and all its data (idempotent).
+    Rm { name: String },
+}
+
+/// Seeds from --cluster, else the dev cluster's file, else the default port.
+pub fn resolve_seeds(given: Vec<String>) -> Vec<String> {
+    if !given.is_empty() {
+        return given;
+    }
+    if let Ok(state) = crate::dev::DevState::load(&crate::default_dev_dir()) {
+        return state.nodes.iter().map(|n| n.addr.clone()).collect();
+    }
+    vec!["127.0.0.1:7420".into()]
+}
+
+/// `volume:/path` → (volume, path).
+fn split_remote(s: &str) -> Result<(&str, &str)> {
+    match s.split_once(':') {
+        Some((v, p)) if !v.is_empty() => Ok((v, if p.is_empty() { "/" } else { p })),
+        _ => bail!("{s:?} is not a volume path; write it as VOLUME:/path, e.g. data:/logs/a.txt"),
+    }
+}
+
+fn size_arg(s: &str) -> Result<u64> {
+    let v = parse_size(s)?;
+    if v == 0 {
+        bail!("size must be greater than 0");
+    }
+    Ok(v)
+}
+
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    // Hidden automatically when stderr is not a terminal; only worth it for big copies.
+    match len {
+        Some(n) if n >= 8 << 20 => {
+            let pb = ProgressBar::new(n);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb
+        }
+        _ => ProgressBar::hidden(),
+    }
+}
+
+pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
+    let cluster = Cluster::new(seeds)?;
+    match cmd {
+        Command::Cluster(ClusterCmd::Status) => status(&cluster, json).await,
+        Command::Volume(v) => volume(&cluster, v, json).await,
+        Command::Put { src, dst } => {
+            let (vname, path) = split_remote(&dst)?;
+            let vol = Vol::open(cluster.clone(), vname).await?;
+            let (reader, len): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) =
+                if src == "-" {
+                    (Box::new(tokio::io::stdin()), None)
+                } else {
+                    let f = tokio::fs::File::open(&src)
+                        .await
+                        .with_context(|| format!("cannot open {src}"))?;
+                    let len = f.metadata().await.ok().map(|m| m.len());
+                    (Box::new(f), len)
+                };
+            let pb = progress_bar(len);
+            let start = std::time::Instant::now();
+            let attr = vol
+                .write_file(path, reader, 0o644, &|n| pb.set_position(n))
+                .await?;
+            pb.finish_and_clear();
+            let secs = start.elapsed().as_secs_f64().max(1e-6);
+            eprintln!(
+                "wrote {} to {dst} ({}/s)",
+                format_size(attr.size),
+                format_size((attr.size as f64 / secs) as u64)
+            );
+            Ok(())
+        }
+        Command::Get { src, dst } => {
+            let (vname, path) = split_remote(&src)?;
+            let vol = Vol::open(cluster.clone(), vname).await?;
+            let size = vol.stat(path).await?.size;
+            let pb = progress_bar(Some(size));
+            if dst == "-" {
+                let mut out = tokio::io::stdout();
+                vol.read_file(path, &mut out, &|n| pb.set_position(n))
+                    .await?;
+            } else {
+                // Write next to the target and rename, so a failed copy never leaves a
+                // truncated file under the final name.
+                let tmp = format!("{dst}.ringfs-partial");
+                let mut f = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("cannot create {tmp}"))?;
+                let res = vol.read_file(path, &mut f, &|n| pb.set_position(n)).await;
+                if let Err(e) = res {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e.into());
+                }
+                f.sync_all().await?;
+                tokio::fs::rename(&tmp, &dst).await?;
+            }
+            pb.finish_and_clear();
+            Ok(())
+        }
+        Command::Ls { path } => {
+            let (vname, path) = split_remote(&path)?;
+            let vol = Vol::open(cluster.clone(), vname).await?;
+            let entries = vol.list(path).await?;
+            if json {
+                let v: Vec<_> = entries
+                    .iter()
+                    .map(|e| serde_json::json!({"name": String::from_utf8_lossy(&e.name), "ino": e.ino, "kind": format!("{:?}", e.kind)}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for e in entries {
+                let child = format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    String::from_utf8_lossy(&e.name)
+                );
+                let size = match e.kind {
+                    FileKind::Dir => "-".to_string(),
+                    _ => vol
+                        .stat(&child)
+                        .await
+                        .map(|a| a.size.to_string())
+                        .unwrap_or_else(|_| "?".into()),
+                };
+                let kind = match e.kind {
+                    FileKind::Dir => "d",
+                    FileKind::File => "-",
+                    FileKind::Symlink => "l",
+                };
+                println!("{kind} {size:>14} {}", String::from_utf8_lossy(&e.name));
+            }
+            Ok(())
+        }
+        Command::Mkdir { path, parents } => {
+            let (vname, path) = split_remote(&path)?;
+            let vol = Vol::open(cluster.clone(), vname).await?;
+            if parents {
+                vol.mkdir_p(path).await?;
+            } else {
+                vol.mkdir(path, 0o755).await?;
+            }
+            Ok(())
+        }
+        Command::Rm { path, recursive } => {
+            let (vname, path) = split_remote(&path)?;
+            let vol = Vol::open(cluster.clone(), vname).await?;
+            if recursive {
+                vol.remove_all(path).await?;
+            } else {
+                vol.remove(path).await?;
+            }
+            Ok(())
+        }
+        Command::Dev(_) => unreachable!("handled in main"),
+    }
+}
+
+async fn status(cluster: &Arc<Cluster>, json: bool) -> Result<()> {
+    let s = cluster.status().await?;
+    if json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "zone": n.zone, "capacity_bytes": n.capacity_bytes, "role": n.role}))
+            .collect();
+        let v = serde_json::json!({
+            "leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term,
+            "last_log_index": s.last_log_index, "last_applied": s.last_applied,
+            "layout_version": s.layout_version, "partitions": s.partitions, "replication": s.replication,
+            "volumes": s.volumes, "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("leader:      node {} ({})", s.leader_id, s.leader_addr);
+    println!(
+        "raft:        term {}, log {}, applied {}",
+        s.term, s.last_log_index, s.last_applied
+    );
+    println!(
+        "layout:      version {}, {} partitions, replication {}",
+        s.layout_version, s.partitions, s.replication
+    );
+    println!("volumes:     {}", s.volumes);
+    println!("nodes:");
+    for n in &s.nodes {
+        let stored = match cluster.node_status(&n.addr).await {
+            Ok(ns) => format!(
+                "{} blocks, {}",
+                ns.blocks_stored,
+                format_size(ns.bytes_stored)
+            ),
+            Err(_) => "unreachable".to_string(),
+        };
+        println!(
+            "  {:>3}  {:<22} zone={:<10} capacity={:<10} {:<8} {}",
+            n.id,
+            n.addr,
+            n.zone,
+            format_size(n.capacity_bytes),
+            n.role,
+            stored
+        );
+    }
+    Ok(())
+}
+
+async fn volume(cluster: &Arc<Cluster>, cmd: VolumeCmd, json: bool) -> Result<()> {
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size,
+            replication,
+        } => {
+            let (v, created) = cluster
+                .create_volume(&name, size_arg(&size)?, replication)
+                .await?;
+            if created {
+                println!(
+                    "created volume {} ({}, replication {})",
+                    v.name,
+                    format_size(v.capacity_bytes),
+                    v.replication
+                );
+            } else {
+                println!("volume {} already exists with these settings", v.name);
+            }
+        }
+        VolumeCmd::Ls => {
+            let vols = cluster.list_volumes().await?;
+            if json {
+                let v: Vec<_> = vols
+                    .iter()
+                    .map(|v| serde_json::json!({"name": v.name, "id": v.id, "capacity_bytes": v.capacity_bytes, "used_bytes": v.used_bytes, "replication": v.replication, "inodes": v.used_inodes}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:>12} {:>12} {:>4} {:>8}",
+                "NAME", "CAPACITY", "USED", "RF", "INODES"
+            );
+            for v in vols {
+                println!(
+                    "{:<24} {:>12} {:>12} {:>4} {:>8}",
+                    v.name,
+                    format_size(v.capacity_bytes),
+                    format_size(v.used_bytes),
+                    v.replication,
+                    v.used_inodes
+                );
+            }
+        }
+        VolumeCmd::Resize { name, size } => {
+            let v = cluster.resize_volume(&name, size_arg(&size)?).await?;
+            println!(
+                "volume {} now has capacity {}",
+                v.name,
+                format_size(v.capacity_bytes)
+            );
+        }
+        VolumeCmd::Rm { name } => {
+            if cluster.delete_volume(&name).await? {
+                println!("deleted volume {name}");
+            } else {
+                println!("volume {name} does not exist (nothing to do)");
+            }
+        }
+    }
+    Ok(())
+}

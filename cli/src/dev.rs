@@ -1,0 +1,364 @@
+//! `ringfs dev up|down|status`: a local cluster of separate `ringfs-node` processes,
+//! all state under one directory (default `./ringfs-dev`).
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use ringfs_client::Cluster;
+use serde::{Deserialize, Serialize};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand, Debug)]
+pub enum DevCmd {
+    /// Start a local cluster (idempotent: a running one is left as it is).
+    Up {
+        /// Number of storage nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+        nodes: u32,
+        /// Directory for all node data, logs and the cluster file.
+        #[arg(long, default_value = "ringfs-dev")]
+        dir: PathBuf,
+        /// First port; node N uses BASE+2(N-1) for gRPC and the next one for HTTP.
+        /// 0 picks free ports.
+        #[arg(long, default_value_t = 7420)]
+        base_port: u16,
+        /// Capacity each node offers.
+        #[arg(long, default_value = "10GiB")]
+        capacity: String,
+        /// Name and size of the volume to create (skipped when empty).
+        #[arg(long, default_value = "default")]
+        volume: String,
+        #[arg(long, default_value = "1GiB")]
+        volume_size: String,
+    },
+    /// Stop the local cluster.
+    Down {
+        #[arg(long, default_value = "ringfs-dev")]
+        dir: PathBuf,
+        /// Also delete all data.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show which dev nodes are running.
+    Status {
+        #[arg(long, default_value = "ringfs-dev")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevNode {
+    pub id: u64,
+    pub addr: String,
+    pub http: String,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevState {
+    pub nodes: Vec<DevNode>,
+}
+
+impl DevState {
+    pub fn file(dir: &Path) -> PathBuf {
+        dir.join("cluster.json")
+    }
+
+    pub fn load(dir: &Path) -> Result<DevState> {
+        let text = std::fs::read_to_string(Self::file(dir))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("cluster.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(tmp, Self::file(dir))?;
+        Ok(())
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; check its state too.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The `ringfs-node` binary: $RINGFS_NODE_BIN, next to this executable, or on PATH.
+pub fn node_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGFS_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let p = dir.join("ringfs-node");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from("ringfs-node")
+}
+
+pub async fn run(cmd: DevCmd) -> Result<()> {
+    match cmd {
+        DevCmd::Up {
+            nodes,
+            dir,
+            base_port,
+            capacity,
+            volume,
+            volume_size,
+        } => up(nodes, &dir, base_port, &capacity, &volume, &volume_size).await,
+        DevCmd::Down { dir, purge } => down(&dir, purge).await,
+        DevCmd::Status { dir } => {
+            let state = DevState::load(&dir)
+                .with_context(|| format!("no dev cluster in {}", dir.display()))?;
+            for n in &state.nodes {
+                let st = if alive(n.pid) { "running" } else { "stopped" };
+                println!(
+                    "node {} pid {} {} {st} (log {})",
+                    n.id,
+                    n.pid,
+                    n.addr,
+                    n.log.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_addr_file(data_dir: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(data_dir.join("ADDR")).ok()?;
+    let mut grpc = None;
+    let mut http = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("grpc=") {
+            grpc = Some(v.to_string());
+        }
+        if let Some(v) = line.strip_prefix("http=") {
+            http = Some(v.to_string());
+        }
+    }
+    Some((grpc?, http?))
+}
+
+async fn up(
+    n: u32,
+    dir: &Path,
+    base_port: u16,
+    capacity: &str,
+    volume: &str,
+    volume_size: &str,
+) -> Result<()> {
+    let capacity = ringfs_core::units::parse_size(capacity)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    if let Ok(state) = DevState::load(&dir) {
+        if state.nodes.iter().all(|n| alive(n.pid)) && !state.nodes.is_empty() {
+            println!(
+                "a dev cluster is already running in {} ({} nodes)",
+                dir.display(),
+                state.nodes.len()
+            );
+            print_usage(&state, volume);
+            return Ok(());
+        }
+        if state.nodes.iter().any(|n| alive(n.pid)) {
+            bail!(
+                "the dev cluster in {} is partly running; run `ringfs dev down --dir {}` first",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    let bin = node_binary();
+    let mut state = DevState { nodes: Vec::new() };
+    let mut seeds: Vec<String> = Vec::new();
+    for i in 1..=n {
+        let data_dir = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let _ = std::fs::remove_file(data_dir.join("ADDR"));
+        let (listen, http) = if base_port == 0 {
+            ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
+        } else {
+            let p = base_port as u32 + 2 * (i - 1);
+            if p + 1 > u16::MAX as u32 {
+                bail!("--base-port {base_port} leaves no room for {n} nodes");
+            }
+            (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 1))
+        };
+        let log = data_dir.join("node.log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("--id")
+            .arg(i.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--http-listen")
+            .arg(&http)
+            .arg("--capacity")
+            .arg(capacity.to_string())
+            .arg("--zone")
+            .arg(format!("zone-{}", (i - 1) % 3 + 1))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            // Own process group: Ctrl-C in this terminal must not kill the nodes.
+            .process_group(0);
+        if i == 1 {
+            cmd.arg("--bootstrap");
+        } else {
+            cmd.arg("--join").arg(seeds.join(","));
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build`, or set RINGFS_NODE_BIN)",
+                bin.display()
+            )
+        })?;
+        let pid = child.id();
+        // Wait for the node to report its addresses.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (addr, http_addr) = loop {
+            if let Some(a) = read_addr_file(&data_dir) {
+                break a;
+            }
+            if !alive(pid) {
+                bail!("node {i} exited during start-up; see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                bail!("node {i} did not start within 30s; see {}", log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        seeds.push(addr.clone());
+        state.nodes.push(DevNode {
+            id: i as u64,
+            addr,
+            http: http_addr,
+            pid,
+            data_dir,
+            log,
+        });
+        state.save(&dir)?;
+    }
+    // Wait until every node has joined and the layout covers them all.
+    let cluster = Cluster::new(seeds.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cluster.status().await {
+            Ok(s)
+                if s.nodes.len() == n as usize
+                    && s.layout_version > 0
+                    && s.replication == n.min(3) =>
+            {
+                break
+            }
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(s) => bail!(
+                "cluster formed only partly ({} of {n} nodes); see logs in {}",
+                s.nodes.len(),
+                dir.display()
+            ),
+            Err(e) => bail!("cluster did not form: {e}; see logs in {}", dir.display()),
+        }
+    }
+    if !volume.is_empty() {
+        let size = ringfs_core::units::parse_size(volume_size)?;
+        cluster
+            .create_volume(volume, size, 0)
+            .await
+            .with_context(|| format!("creating volume {volume}"))?;
+    }
+    println!(
+        "ringfs dev cluster is up: {n} nodes, data in {}",
+        dir.display()
+    );
+    print_usage(&state, volume);
+    Ok(())
+}
+
+fn print_usage(state: &DevState, volume: &str) {
+    let seeds: Vec<&str> = state.nodes.iter().map(|n| n.addr.as_str()).collect();
+    for n in &state.nodes {
+        println!(
+            "  node {}: grpc {}  metrics http://{}/metrics  log {}",
+            n.id,
+            n.addr,
+            n.http,
+            n.log.display()
+        );
+    }
+    println!();
+    println!("Try:");
+    println!("  export RINGFS_CLUSTER={}", seeds.join(","));
+    println!("  ringfs cluster status");
+    if !volume.is_empty() {
+        println!("  ringfs put ./some-file {volume}:/some-file");
+        println!("  ringfs ls {volume}:/");
+        println!("  ringfs get {volume}:/some-file ./copy");
+    }
+    println!("  ringfs dev down            # stop (add --purge to delete the data)");
+}
+
+async fn down(dir: &Path, purge: bool) -> Result<()> {
+    let state = match DevState::load(dir) {
+        Ok(s) => s,
+        Err(_) => {
+            println!("no dev cluster in {} (nothing to do)", dir.display());
+            return Ok(());
+        }
+    };
+    for n in &state.nodes {
+        if alive(n.pid) {
+            signal(n.pid, "-TERM");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while state.nodes.iter().any(|n| alive(n.pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in &state.nodes {
+        if alive(n.pid) {
+            eprintln!("node {} did not stop within 15s; killing it", n.id);
+            signal(n.pid, "-KILL");
+        }
+    }
+    if purge {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        println!("stopped the dev cluster and deleted {}", dir.display());
+    } else {
+        let _ = std::fs::remove_file(DevState::file(dir));
+        println!(
+            "stopped the dev cluster; data kept in {} (`ringfs dev up` resumes it)",
+            dir.display()
+        );
+    }
+    Ok(())
+}

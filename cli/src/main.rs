@@ -1,0 +1,84 @@
+//! `ringfs`: the command line for ringfs clusters.
+
+mod commands;
+mod dev;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringfs",
+    version,
+    about = "ringfs: a replicated POSIX file system for Kubernetes"
+)]
+struct Cli {
+    /// Cluster node address(es), comma-separated (HOST:PORT). Defaults to the local dev
+    /// cluster started by `ringfs dev up`, else 127.0.0.1:7420.
+    #[arg(long, global = true, env = "RINGFS_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// Print machine-readable JSON where supported.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// A local cluster of node processes for trying ringfs and for development.
+    #[command(subcommand)]
+    Dev(dev::DevCmd),
+    /// Cluster state.
+    #[command(subcommand)]
+    Cluster(commands::ClusterCmd),
+    /// Create, list, resize and delete volumes.
+    #[command(subcommand)]
+    Volume(commands::VolumeCmd),
+    /// Copy a local file (or - for stdin) into a volume: `ringfs put ./f vol:/dir/f`.
+    Put { src: String, dst: String },
+    /// Copy a file out of a volume (to a path, or - for stdout): `ringfs get vol:/f ./f`.
+    Get { src: String, dst: String },
+    /// List a directory: `ringfs ls vol:/dir`.
+    Ls { path: String },
+    /// Make a directory: `ringfs mkdir -p vol:/a/b`.
+    Mkdir {
+        path: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Remove a file or empty directory (`-r`: recursively).
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+}
+
+/// Where `ringfs dev up` keeps its state unless told otherwise.
+pub fn default_dev_dir() -> PathBuf {
+    PathBuf::from("ringfs-dev")
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ringfs_telemetry::init("warn");
+    let result = match cli.cmd {
+        Cmd::Dev(cmd) => dev::run(cmd).await,
+        other => {
+            let seeds = commands::resolve_seeds(cli.cluster);
+            commands::run(other, seeds, cli.json).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+use Cmd as Command;

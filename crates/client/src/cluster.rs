@@ -1,0 +1,389 @@
+//! Metadata calls with leader discovery and retries, and the cached cluster layout.
+
+use crate::blocks::{BlockIo, Replica};
+use crate::error::{ClientError, Result};
+use crate::pool::ChannelPool;
+use ringfs_core::fs::{FsOp, FsReply, FsResult, FS_FORMAT};
+use ringfs_core::layout::{Layout, NodeSpec};
+use ringfs_core::{BlockId, NodeId, VolumeId};
+use ringfs_proto::admin::admin_service_client::AdminServiceClient;
+use ringfs_proto::admin::{GetLayoutRequest, StatusReply, StatusRequest};
+use ringfs_proto::meta::meta_service_client::MetaServiceClient;
+use ringfs_proto::meta::*;
+use ringfs_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long one client call keeps retrying while the cluster has no reachable leader.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// The layout versions a client knows, newest first, with node addresses.
+#[derive(Debug, Clone, Default)]
+pub struct LayoutView {
+    pub versions: Vec<Layout>,
+    pub addrs: BTreeMap<NodeId, String>,
+}
+
+impl LayoutView {
+    pub fn current(&self) -> Option<&Layout> {
+        self.versions.first()
+    }
+}
+
+/// A connection to a ringfs cluster. Cheap to share (`Arc`); safe to use concurrently.
+pub struct Cluster {
+    seeds: Vec<String>,
+    pool: ChannelPool,
+    leader: Mutex<Option<String>>,
+    layout: RwLock<Arc<LayoutView>>,
+    /// When a node last failed a block call; such nodes are tried last for a while.
+    suspect: Mutex<HashMap<NodeId, Instant>>,
+    pub io: BlockIo,
+    pub retry_budget: Duration,
+}
+
+fn is_retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled
+    ) || (s.code() == Code::Unknown && s.message().contains("transport"))
+}
+
+impl Cluster {
+    /// Connects (lazily) through `seeds`: addresses of any cluster nodes.
+    pub fn new(seeds: Vec<String>) -> Result<Arc<Cluster>> {
+        let seeds: Vec<String> = seeds
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if seeds.is_empty() {
+            return Err(ClientError::Invalid(
+                "no cluster address given; pass --cluster HOST:PORT or set RINGFS_CLUSTER".into(),
+            ));
+        }
+        let pool = ChannelPool::new();
+        for s in &seeds {
+            pool.get(s)?;
+        }
+        Ok(Arc::new(Cluster {
+            seeds,
+            io: BlockIo::new(pool.clone()),
+            pool,
+            leader: Mutex::new(None),
+            layout: RwLock::new(Arc::new(LayoutView::default())),
+            suspect: Mutex::new(HashMap::new()),
+            retry_budget: DEFAULT_RETRY_BUDGET,
+        }))
+    }
+
+    pub fn pool(&self) -> &ChannelPool {
+        &self.pool
+    }
+
+    fn targets(&self) -> Vec<String> {
+        let mut t = Vec::with_capacity(self.seeds.len() + 1);
+        if let Some(l) = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            t.push(l);
+        }
+        for s in &self.seeds {
+            if !t.contains(s) {
+                t.push(s.clone());
+            }
+        }
+        t
+    }
+
+    /// Runs `f` against the leader (or any node, which forwards), retrying on
+    /// unavailability with backoff until the retry budget is spent. Errors that are the
+    /// caller's fault are returned at once.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.retry_budget;
+        let mut attempt = 0u32;
+        let mut last_err;
+        loop {
+            let targets = self.targets();
+            let target = targets[attempt as usize % targets.len()].clone();
+            attempt += 1;
+            let ch = self.pool.get(&target)?;
+            match f(ch).await {
+                Ok(r) => {
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+                    return Ok(r.into_inner());
+                }
+                Err(s) if is_retryable(&s) => {
+                    let hint = s
+                        .metadata()
+                        .get(LEADER_HINT_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    {
+                        let mut leader = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(h) = &hint {
+                            // A hint points at the leader: go there next, without waiting.
+                            *leader = Some(h.clone());
+                        } else if leader.as_deref() == Some(target.as_str()) {
+                            *leader = None;
+                        }
+                    }
+                    last_err = format!("{target}: {}", s.message());
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Unavailable(last_err));
+                    }
+                    if hint.is_none() {
+                        let backoff = Duration::from_millis((50u64 << attempt.min(5)).min(1000));
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                Err(s) => return Err(ClientError::Rejected(s)),
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable(last_err));
+            }
+        }
+    }
+
+    fn meta(ch: Channel) -> MetaServiceClient<Channel> {
+        MetaServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn admin(ch: Channel) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        capacity: u64,
+        replication: u32,
+    ) -> Result<(Volume, bool)> {
+        let req = CreateVolumeRequest {
+            name: name.into(),
+            capacity_bytes: capacity,
+            replication,
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).create_volume(req).await }
+            })
+            .await?;
+        let v = r
+            .volume
+            .ok_or_else(|| ClientError::Protocol("create_volume reply without a volume".into()))?;
+        Ok((v, r.created))
+    }
+
+    pub async fn list_volumes(&self) -> Result<Vec<Volume>> {
+        Ok(self
+            .call(|ch| async move { Self::meta(ch).list_volumes(ListVolumesRequest {}).await })
+            .await?
+            .volumes)
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<Volume> {
+        let req = GetVolumeRequest { name: name.into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).get_volume(req).await }
+        })
+        .await
+    }
+
+    pub async fn resize_volume(&self, name: &str, capacity: u64) -> Result<Volume> {
+        let req = ResizeVolumeRequest {
+            name: name.into(),
+            capacity_bytes: capacity,
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).resize_volume(req).await }
+        })
+        .await
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<bool> {
+        let req = DeleteVolumeRequest { name: name.into() };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).delete_volume(req).await }
+            })
+            .await?
+            .deleted)
+    }
+
+    /// Runs a file-system operation; POSIX failures come back as [`ClientError::Fs`].
+    pub async fn fs(&self, volume: VolumeId, op: &FsOp) -> Result<FsReply> {
+        let bytes = postcard::to_allocvec(op).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = FsRequest {
+            volume_id: volume,
+            format: FS_FORMAT,
+            op: bytes.into(),
+        };
+        let reply = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).fs(req).await }
+            })
+            .await?;
+        let result: FsResult = postcard::from_bytes(&reply.result)
+            .map_err(|e| ClientError::Protocol(format!("malformed fs reply: {e}")))?;
+        Ok(result?)
+    }
+
+    pub async fn status(&self) -> Result<StatusReply> {
+        self.call(|ch| async move { Self::admin(ch).status(StatusRequest {}).await })
+            .await
+    }
+
+    /// Status of one particular node (no leader redirection).
+    pub async fn node_status(&self, addr: &str) -> Result<StatusReply> {
+        let ch = self.pool.get(addr)?;
+        Self::admin(ch)
+            .status(StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Rejected)
+    }
+
+    /// Fetches the layout versions from the cluster and caches them.
+    pub async fn refresh_layout(&self) -> Result<Arc<LayoutView>> {
+        let reply = self
+            .call(|ch| async move { Self::admin(ch).get_layout(GetLayoutRequest {}).await })
+            .await?;
+        let mut view = LayoutView::default();
+        for v in reply.versions {
+            let rf = v.replication as usize;
+            if rf == 0 || v.assignment.len() != v.partitions as usize * rf {
+                return Err(ClientError::Protocol(format!(
+                    "layout version {} is malformed",
+                    v.version
+                )));
+            }
+            for n in &v.nodes {
+                if !n.addr.is_empty() {
+                    view.addrs.insert(n.id, n.addr.clone());
+                }
+            }
+            view.versions.push(Layout {
+                version: v.version,
+                partitions: v.partitions,
+                replication: v.replication,
+                nodes: v
+                    .nodes
+                    .iter()
+                    .map(|n| NodeSpec {
+                        id: n.id,
+                        zone: n.zone.clone(),
+                        capacity: n.capacity_bytes,
+                    })
+                    .collect(),
+                assignment: v.assignment,
+            });
+        }
+        let view = Arc::new(view);
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = view.clone();
+        Ok(view)
+    }
+
+    /// The cached layout, fetched on first use.
+    pub async fn layout(&self) -> Result<Arc<LayoutView>> {
+        let cur = self
+            .layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if cur.versions.is_empty() {
+            return self.refresh_layout().await;
+        }
+        Ok(cur)
+    }
+
+    fn replica(view: &LayoutView, id: NodeId) -> Option<Replica> {
+        view.addrs.get(&id).map(|a| Replica {
+            node: id,
+            addr: a.clone(),
+        })
+    }
+
+    /// The `rf` nodes a new block is written to (current layout).
+    pub fn write_replicas(view: &LayoutView, block: &BlockId, rf: usize) -> Result<Vec<Replica>> {
+        let layout = view
+            .current()
+            .ok_or_else(|| ClientError::Unavailable("the cluster has no layout yet".into()))?;
+        let owners = layout.replicas_for_block(block);
+        if owners.len() < rf {
+            return Err(ClientError::Invalid(format!(
+                "replication {rf} needs {rf} nodes but the layout places blocks on {}",
+                owners.len()
+            )));
+        }
+        owners[..rf]
+            .iter()
+            .map(|id| {
+                Self::replica(view, *id)
+                    .ok_or_else(|| ClientError::Protocol(format!("node {id} has no address")))
+            })
+            .collect()
+    }
+
+    /// Nodes to read a block from, best first: its owners in the newest layout (healthy
+    /// before recently failing ones), then owners in older layouts, then every other node.
+    /// Blocks are immutable, so any copy that verifies is correct.
+    pub fn read_replicas(&self, view: &LayoutView, block: &BlockId) -> Vec<Replica> {
+        let mut ids: Vec<NodeId> = Vec::new();
+        for l in &view.versions {
+            for id in l.replicas_for_block(block) {
+                if !ids.contains(id) {
+                    ids.push(*id);
+                }
+            }
+        }
+        let owners = ids.len();
+        for id in view.addrs.keys() {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        let suspect = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = |id: &NodeId| {
+            suspect
+                .get(id)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        };
+        let (owner_ids, others) = ids.split_at(owners);
+        let mut ordered: Vec<NodeId> = owner_ids.iter().copied().filter(|i| !recent(i)).collect();
+        ordered.extend(owner_ids.iter().copied().filter(|i| recent(i)));
+        ordered.extend_from_slice(others);
+        ordered
+            .iter()
+            .filter_map(|id| Self::replica(view, *id))
+            .collect()
+    }
+
+    /// Remembers that `node` failed a call, so reads try it last for a while.
+    pub fn mark_suspect(&self, node: NodeId) {
+        self.suspect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, Instant::now());
+    }
+}

@@ -1,0 +1,229 @@
+//! The namespace operations shared by the metadata state machine and every client.
+//!
+//! Clients send an [`FsOp`] (postcard-encoded, format [`FS_FORMAT`]) and get back an
+//! [`FsResult`]. Keeping the one definition here means the FUSE layer, the CLI and the
+//! state machine cannot disagree about an operation's fields.
+
+use crate::ids::{Ino, VolumeId};
+use crate::slice::Slice;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Encoding version of [`FsOp`] / [`FsResult`] on the wire.
+pub const FS_FORMAT: u32 = 1;
+
+/// Most directory entries returned by one [`FsOp::ReadDir`].
+pub const MAX_READDIR: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Inode attributes. Times are nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits (and setuid/setgid/sticky), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// Attribute changes; `None` leaves a field unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// One slice committed into chunk `chunk` of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSlice {
+    pub chunk: u64,
+    pub slice: Slice,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsOp {
+    // ---- reads ----
+    Lookup {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    /// Resolves a `/`-separated path from the root (no `..`).
+    ResolvePath {
+        path: String,
+    },
+    /// Entries with names strictly after `after`, in name order, at most `limit`.
+    ReadDir {
+        ino: Ino,
+        after: Vec<u8>,
+        limit: u32,
+    },
+    ReadLink {
+        ino: Ino,
+    },
+    /// The slices of chunk `chunk`, oldest first, with the file's current attributes.
+    ReadChunk {
+        ino: Ino,
+        chunk: u64,
+    },
+    StatFs,
+    // ---- writes ----
+    Create {
+        parent: Ino,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    },
+    Mkdir {
+        parent: Ino,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        parent: Ino,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        no_replace: bool,
+    },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+    },
+    /// Commits written slices; the file grows to at least `min_size`.
+    Write {
+        ino: Ino,
+        slices: Vec<ChunkSlice>,
+        min_size: u64,
+    },
+}
+
+impl FsOp {
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            FsOp::Lookup { .. }
+                | FsOp::GetAttr { .. }
+                | FsOp::ResolvePath { .. }
+                | FsOp::ReadDir { .. }
+                | FsOp::ReadLink { .. }
+                | FsOp::ReadChunk { .. }
+                | FsOp::StatFs
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsReply {
+    Done,
+    Attr(Attr),
+    Entries { entries: Vec<DirEntry>, more: bool },
+    Link(Vec<u8>),
+    Chunk { attr: Attr, slices: Vec<Slice> },
+    StatFs(StatFs),
+}
+
+/// File-system errors; each maps to one errno.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a directory")]
+    NotDir,
+    #[error("file name too long (at most 255 bytes)")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("volume quota exceeded: {used} of {capacity} bytes used, this write needs {needed} more; resize the volume or delete files")]
+    QuotaExceeded {
+        used: u64,
+        capacity: u64,
+        needed: u64,
+    },
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("volume {0} does not exist")]
+    NoVolume(VolumeId),
+    #[error("cannot move a directory into itself")]
+    Loop,
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound | FsError::NoVolume(_) => 2, // ENOENT
+            FsError::Exists => 17,                         // EEXIST
+            FsError::NotEmpty => 39,                       // ENOTEMPTY
+            FsError::IsDir => 21,                          // EISDIR
+            FsError::NotDir => 20,                         // ENOTDIR
+            FsError::NameTooLong => 36,                    // ENAMETOOLONG
+            FsError::Invalid(_) | FsError::Loop => 22,     // EINVAL
+            FsError::QuotaExceeded { .. } => 122,          // EDQUOT
+            FsError::PermissionDenied => 13,               // EACCES
+        }
+    }
+}
+
+pub type FsResult = Result<FsReply, FsError>;

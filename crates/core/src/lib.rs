@@ -1,0 +1,15 @@
+//! Pure logic shared by every ringfs component.
+//!
+//! Nothing in this crate performs I/O or depends on an async runtime, so all of it is
+//! testable with plain unit and property tests.
+
+pub mod error;
+pub mod fs;
+pub mod ids;
+pub mod layout;
+pub mod names;
+pub mod slice;
+pub mod units;
+
+pub use error::CoreError;
+pub use ids::{BlockId, Ino, NodeId, VolumeId};

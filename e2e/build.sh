@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Build, once, every binary the e2e cluster needs, from published Go modules:
+#   kubernetes-<v>/bin: kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+#   etcd-<v>/bin:       etcd etcdctl
+#   helm-<v>/bin:       helm
+#   csi-test-<v>/bin:   csi-sanity
+#   cri-tools-<v>/bin:  crictl
+#   coredns-<v>/bin:    coredns
+#   csi-sidecars-<k>/bin (only with --sidecars or RINGFS_E2E_SIDECARS=1): see modules/csi-sidecars
+# into ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/<name>-<version>/bin. A directory that is
+# complete (has .complete) is never rebuilt; change versions.env to rebuild. Symlinks to
+# every binary are kept in $CACHE/bin.
+#
+# Usage: e2e/build.sh [--sidecars] [--only NAME]...   (NAME: kubernetes etcd helm cri-tools coredns csi-test csi-sidecars)
+set -euo pipefail
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+. "$E2E_DIR/versions.env"
+CACHE="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}"
+mkdir -p "$CACHE/bin" "$CACHE/logs"
+
+want_sidecars="${RINGFS_E2E_SIDECARS:-0}"
+only=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sidecars) want_sidecars=1 ;;
+    --only) only+=("$2"); shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
+
+# Go settings: resolve modules from the proxy (GOPROXY as configured on the machine),
+# static binaries, no VCS stamping (the wrapper modules are not their own repositories).
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+# Be kind to a 2-core machine that is compiling other things too.
+NICE=(nice -n 19)
+
+# One build at a time per cache.
+exec 9>"$CACHE/.build.lock"
+flock 9
+
+selected() {
+  [ ${#only[@]} -eq 0 ] && return 0
+  local n; for n in "${only[@]}"; do [ "$n" = "$1" ] && return 0; done
+  return 1
+}
+
+link_bins() { # dir
+  local f
+  for f in "$1"/bin/*; do ln -sfn "$f" "$CACHE/bin/$(basename "$f")"; done
+  if [ -d "$1/crds" ]; then ln -sfn "$1/crds" "$CACHE/snapshot-crds"; fi
+}
+
+# build NAME VERSION -- command... ; the command must write its binaries to $OUT.
+build() {
+  local name="$1" version="$2"; shift 3
+  local dir="$CACHE/$name-$version"
+  if [ -f "$dir/.complete" ]; then
+    echo "build.sh: $name $version: cached in $dir"
+    link_bins "$dir"; return 0
+  fi
+  local tmp="$dir.tmp" log="$CACHE/logs/build-$name-$version.log" t0=$SECONDS
+  rm -rf "$tmp"; mkdir -p "$tmp/bin"
+  echo "build.sh: $name $version: building (log: $log)"
+  if ! ( export OUT="$tmp/bin"; "$@" ) >"$log" 2>&1; then
+    echo "build.sh: $name $version: BUILD FAILED; last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  echo "$(( SECONDS - t0 ))" > "$tmp/.build-seconds"
+  go version > "$tmp/.go-version"
+  touch "$tmp/.complete"
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  echo "build.sh: $name $version: built in $(( SECONDS - t0 ))s"
+  link_bins "$dir"
+}
+
+k8s_ldflags() {
+  local v="$K8S_VERSION" minor ld="-s -w" p
+  minor="${v#v1.}"; minor="${minor%%.*}"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    ld+=" -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  printf '%s' "$ld"
+}
+
+build_kubernetes() {
+  cd "$E2E_DIR/modules/kubernetes"
+  grep -q "k8s.io/kubernetes $K8S_VERSION\$" go.mod \
+    || { echo "modules/kubernetes/go.mod does not require k8s.io/kubernetes $K8S_VERSION"; return 1; }
+  "${NICE[@]}" go build -trimpath -ldflags "$(k8s_ldflags)" -o "$OUT/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kubectl
+}
+
+build_etcd() {
+  cd "$E2E_DIR/modules/etcd"
+  "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
+  "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$OUT/etcdctl" go.etcd.io/etcd/etcdctl/v3
+}
+
+build_go_install() { # pkg@version (module without replace directives)
+  cd /
+  GOBIN="$OUT" "${NICE[@]}" go install -trimpath -ldflags "-s -w" "$1"
+}
+
+selected kubernetes && build kubernetes "$K8S_VERSION" -- build_kubernetes
+selected etcd && build etcd "$ETCD_VERSION" -- build_etcd
+selected helm && build helm "$HELM_VERSION" -- build_go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+selected cri-tools && build cri-tools "$CRI_TOOLS_VERSION" -- \
+  build_go_install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+selected coredns && build coredns "$COREDNS_VERSION" -- \
+  build_go_install "github.com/coredns/coredns@$COREDNS_VERSION"
+selected csi-test && build csi-test "$CSI_TEST_VERSION" -- \
+  build_go_install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION"
+if [ "$want_sidecars" = 1 ] && selected csi-sidecars; then
+  # shellcheck source=lib/sidecars.sh
+  . "$E2E_DIR/lib/sidecars.sh"
+  build csi-sidecars "$CSI_SIDECARS_KEY" -- build_csi_sidecars
+fi
+echo "build.sh: binaries are linked in $CACHE/bin"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build the ringfs container image as an OCI archive, without Docker, from binaries that
+# cargo already built:
+#
+#   build-ringfs-image.sh [--tag NAME:TAG] [--bin-dir DIR] [--import] [OUT.tar]
+#
+# The image holds the ringfs binaries found in DIR (default: target/release of the
+# workspace; every one of ringfs, ringfs-node, ringfs-operator, ringfs-csi, crdgen that
+# exists), the shared libraries they link (ldd), fusermount3 and mount.fuse3 from Debian's
+# fuse3, and a static busybox as /bin/sh with its applets (for exec probes and debugging).
+# No entrypoint: a pod names the binary, e.g. command: [ringfs-node, ...].
+# Default tag: ringfs:dev (containerd name docker.io/library/ringfs:dev).
+# Default OUT: ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/images/ringfs.tar.
+# --import also imports it into the running e2e cluster (e2e/cluster import).
+#
+# e2e/images/Dockerfile builds the same image for people who have Docker.
+set -euo pipefail
+
+IMG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+E2E_DIR="$(dirname "$IMG_DIR")"
+REPO="$(dirname "$E2E_DIR")"
+CACHE="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}"
+tag=ringfs:dev
+bin_dir="$REPO/target/release"
+import=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tag) tag="$2"; shift 2 ;;
+    --bin-dir) bin_dir="$2"; shift 2 ;;
+    --import) import=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -*) echo "build-ringfs-image.sh: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+out="${1:-$CACHE/images/ringfs.tar}"
+
+bins=()
+for b in ringfs ringfs-node ringfs-operator ringfs-csi crdgen; do
+  [ -x "$bin_dir/$b" ] && bins+=("$bin_dir/$b")
+done
+[ ${#bins[@]} -gt 0 ] || { echo "build-ringfs-image.sh: no ringfs binaries in $bin_dir (cargo build --release?)" >&2; exit 1; }
+[ -x /bin/busybox ] || { echo "build-ringfs-image.sh: needs busybox-static" >&2; exit 1; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+root="$work/rootfs"
+fuse=()
+for f in /bin/fusermount3 /sbin/mount.fuse3; do [ -x "$f" ] && fuse+=("$f"); done
+[ ${#fuse[@]} -gt 0 ] || echo "build-ringfs-image.sh: warning: fuse3 is not installed; no fusermount3 in the image" >&2
+"$IMG_DIR/mkrootfs.sh" "$root" "${bins[@]}" --dest /bin /bin/busybox "${fuse[@]}"
+for a in $(/bin/busybox --list); do
+  [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"
+done
+"$IMG_DIR/build-oci.sh" --env RUST_LOG=info "$tag" "$root" "$out"
+if [ "$import" = 1 ]; then
+  "$E2E_DIR/cluster" import "$out"
+fi

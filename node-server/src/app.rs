@@ -1,0 +1,198 @@
+//! Composition: config → stores → Raft → services → background tasks.
+
+use crate::admin::AdminServer;
+use crate::blocks::BlockStore;
+use crate::config::Config;
+use crate::logstore::LogStore;
+use crate::meta::MetaServer;
+use crate::network::{Network, RaftServer};
+use crate::node::Node;
+use crate::sm::{SmStore, StateMachine};
+use crate::types::Raft;
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+use ringfs_client::ChannelPool;
+use ringfs_proto::admin::admin_service_client::AdminServiceClient;
+use ringfs_proto::admin::JoinRequest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// File in the data directory holding the addresses the node actually listens on
+/// (useful with port 0): `grpc=HOST:PORT` and `http=HOST:PORT` lines.
+pub const ADDR_FILE: &str = "ADDR";
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (is another node using it?)",
+            config.listen
+        )
+    })?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for HTTP", config.http_listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let mut config = config;
+    if config.advertise.is_none() && config.listen.port() == 0 {
+        config.advertise = Some(grpc_addr.to_string());
+    }
+    let config = Arc::new(config);
+    let addr = config.advertise_addr();
+
+    let logstore = LogStore::open(&config.data_dir.join("raft")).context("opening the Raft log")?;
+    let sm = SmStore::open(&config.data_dir.join("meta")).context("opening the metadata store")?;
+    let blocks = BlockStore::open(config.data_dir.clone())
+        .await
+        .context("opening the block store")?;
+
+    let raft_config = openraft::Config {
+        cluster_name: "ringfs".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .context("invalid Raft timing settings")?;
+    let pool = ChannelPool::new();
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network { pool: pool.clone() },
+        logstore,
+        StateMachine { store: sm.clone() },
+    )
+    .await
+    .context("starting Raft")?;
+
+    let node = Arc::new(Node {
+        id: config.id,
+        config: config.clone(),
+        raft: raft.clone(),
+        sm,
+        blocks: blocks.clone(),
+        pool,
+        membership_lock: tokio::sync::Mutex::new(()),
+    });
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let grpc = {
+        let mut rx = shutdown_rx.clone();
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .add_service(RaftServer::server(raft.clone()))
+            .add_service(MetaServer::server(node.clone()))
+            .add_service(AdminServer::server(node.clone()))
+            .add_service(crate::blocks::server(blocks.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = rx.changed().await;
+            })
+    };
+    let http = {
+        let mut rx = shutdown_rx.clone();
+        axum::serve(http_listener, crate::http::router(node.clone())).with_graceful_shutdown(
+            async move {
+                let _ = rx.changed().await;
+            },
+        )
+    };
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    std::fs::write(
+        config.data_dir.join(ADDR_FILE),
+        format!("grpc={grpc_addr}\nhttp={http_addr}\n"),
+    )?;
+    tracing::info!(id = config.id, grpc = %grpc_addr, http = %http_addr, advertise = %addr, "ringfs-node listening");
+
+    if config.bootstrap && !raft.is_initialized().await? {
+        let members = BTreeMap::from([(config.id, BasicNode { addr: addr.clone() })]);
+        raft.initialize(members)
+            .await
+            .context("bootstrapping the cluster")?;
+        tracing::info!("bootstrapped a new cluster");
+    }
+    tokio::spawn(register(node.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::janitor::run(node.clone(), shutdown_rx.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = raft.shutdown().await;
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Registers this node with the cluster (idempotently) until it succeeds: through the
+/// join seeds, and through itself (which forwards to the leader once it knows one).
+async fn register(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let cfg = &node.config;
+    let me = cfg.advertise_addr();
+    let mut targets: Vec<String> = cfg.join.iter().filter(|a| **a != me).cloned().collect();
+    if cfg.bootstrap || node.raft.is_initialized().await.unwrap_or(false) {
+        targets.insert(0, me.clone());
+    }
+    if targets.is_empty() {
+        tracing::warn!("neither --bootstrap nor --join given and no cluster state on disk: waiting to be added");
+        targets.push(me.clone());
+    }
+    let req = JoinRequest {
+        id: cfg.id,
+        addr: me.clone(),
+        zone: cfg.zone.clone(),
+        capacity_bytes: cfg.capacity,
+    };
+    let mut attempt = 0u32;
+    loop {
+        let target = &targets[attempt as usize % targets.len()];
+        attempt += 1;
+        let result = match node.pool.get(target) {
+            Ok(ch) => AdminServiceClient::new(ch)
+                .join(req.clone())
+                .await
+                .map_err(|s| s.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(layout = r.layout_version, joined = r.joined, via = %target, "registered with the cluster");
+                return;
+            }
+            Err(e) if attempt % 10 == 0 => {
+                tracing::warn!(via = %target, error = %e, "still trying to join the cluster")
+            }
+            Err(e) => tracing::debug!(via = %target, error = %e, "join attempt failed"),
+        }
+        let delay = Duration::from_millis((100 * u64::from(attempt)).min(1000));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,1087 @@
+//! Deterministic application of [`Command`]s and evaluation of read-only file-system ops
+//! against the state-machine tables.
+//!
+//! Every command validates completely before its first write: a refused command leaves
+//! the state untouched (a batch shares one transaction, so a half-applied refusal would
+//! otherwise leak into the commit).
+
+use crate::error::{NodeError, Result};
+use crate::sm::{Reader, Tbl, Writer};
+use crate::types::{Command, NodeRecord, RefusalCode, Response, VolumeInfo};
+use ringfs_core::fs::{
+    Attr, ChunkSlice, DirEntry, FileKind, FsError, FsOp, FsReply, FsResult, SetAttr, StatFs,
+    MAX_READDIR,
+};
+use ringfs_core::layout::{Layout, NodeSpec};
+use ringfs_core::names::{split_path, validate_file_name, validate_volume_name, MAX_NAME_LEN};
+use ringfs_core::slice::{Slice, CHUNK_SIZE};
+use ringfs_core::{BlockId, Ino, VolumeId};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::ops::Bound;
+
+/// Largest file: 2^50 bytes (1 PiB), far beyond any quota and safe from overflow.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// Slices per chunk before a write is refused until compaction catches up.
+pub const MAX_SLICES_PER_CHUNK: usize = 4096;
+
+const K_NEXT_VOLUME: &[u8] = b"next_volume_id";
+const K_LAYOUT_VERSION: &[u8] = b"layout_version";
+const K_PARTITIONS: &[u8] = b"partitions";
+const K_REPLICATION: &[u8] = b"replication";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRec {
+    pub info: VolumeInfo,
+    pub next_ino: Ino,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeRec {
+    pub attr: Attr,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Parent directory (directories only; they have exactly one).
+    pub parent: Ino,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DentryRec {
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+// ---- key encodings (big-endian so that byte order is numeric order) ----
+
+fn k_u64(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+fn k_inode(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    [k_u64(vol), k_u64(ino)].concat()
+}
+fn k_dentry(vol: VolumeId, parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = k_inode(vol, parent);
+    k.extend_from_slice(name);
+    k
+}
+fn k_chunk(vol: VolumeId, ino: Ino, chunk: u64) -> Vec<u8> {
+    [k_u64(vol), k_u64(ino), k_u64(chunk)].concat()
+}
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+fn dec<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
+    postcard::from_bytes(v).map_err(|e| NodeError::Storage(format!("corrupt metadata record: {e}")))
+}
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(postcard::to_allocvec(v)?)
+}
+fn get<T: DeserializeOwned>(r: &impl Reader, t: Tbl, k: &[u8]) -> Result<Option<T>> {
+    r.get(t, k)?.map(|v| dec(&v)).transpose()
+}
+fn put<T: Serialize>(w: &impl Writer, t: Tbl, k: &[u8], v: &T) -> Result<()> {
+    w.put(t, k, &enc(v)?)
+}
+
+fn refused(code: RefusalCode, message: impl Into<String>) -> Response {
+    Response::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+// ---- reads shared by queries and commands ----
+
+pub fn volume_by_name(r: &impl Reader, name: &str) -> Result<Option<VolumeRec>> {
+    let Some(id) = get::<u64>(r, Tbl::VolumeNames, name.as_bytes())? else {
+        return Ok(None);
+    };
+    volume_by_id(r, id)
+}
+
+pub fn volume_by_id(r: &impl Reader, id: VolumeId) -> Result<Option<VolumeRec>> {
+    get(r, Tbl::Volumes, &k_u64(id))
+}
+
+pub fn list_volumes(r: &impl Reader) -> Result<Vec<VolumeInfo>> {
+    let rows = r.scan(Tbl::Volumes, Bound::Unbounded, &[0xff; 9], usize::MAX)?;
+    rows.iter()
+        .map(|(_, v)| dec::<VolumeRec>(v).map(|rec| rec.info))
+        .collect()
+}
+
+pub fn nodes(r: &impl Reader) -> Result<Vec<NodeRecord>> {
+    let rows = r.scan(Tbl::Nodes, Bound::Unbounded, &[0xff; 9], usize::MAX)?;
+    rows.iter().map(|(_, v)| dec(v)).collect()
+}
+
+/// Layout versions, newest first.
+pub fn layouts(r: &impl Reader) -> Result<Vec<Layout>> {
+    let rows = r.scan(Tbl::Layouts, Bound::Unbounded, &[0xff; 9], usize::MAX)?;
+    let mut out: Vec<Layout> = rows.iter().map(|(_, v)| dec(v)).collect::<Result<_>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+pub fn current_layout(r: &impl Reader) -> Result<Option<Layout>> {
+    let Some(v) = get::<u64>(r, Tbl::Sys, K_LAYOUT_VERSION)? else {
+        return Ok(None);
+    };
+    get(r, Tbl::Layouts, &k_u64(v))
+}
+
+/// Blocks waiting to be deleted from their replicas.
+pub fn gc_batch(r: &impl Reader, limit: usize) -> Result<Vec<BlockId>> {
+    let rows = r.scan(Tbl::Gc, Bound::Unbounded, &[0xff; 17], limit)?;
+    Ok(rows
+        .iter()
+        .filter_map(|(k, _)| BlockId::from_slice(k))
+        .collect())
+}
+
+pub fn deleting_volumes(r: &impl Reader) -> Result<Vec<VolumeId>> {
+    let rows = r.scan(Tbl::Deleting, Bound::Unbounded, &[0xff; 9], usize::MAX)?;
+    Ok(rows
+        .iter()
+        .filter_map(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
+        .collect())
+}
+
+fn inode(r: &impl Reader, vol: VolumeId, ino: Ino) -> Result<Option<InodeRec>> {
+    get(r, Tbl::Inodes, &k_inode(vol, ino))
+}
+
+type FsRes<T> = std::result::Result<T, FsError>;
+
+fn need_inode(r: &impl Reader, vol: VolumeId, ino: Ino) -> Result<FsRes<InodeRec>> {
+    Ok(inode(r, vol, ino)?.ok_or(FsError::NotFound))
+}
+
+fn need_dir(r: &impl Reader, vol: VolumeId, ino: Ino) -> Result<FsRes<InodeRec>> {
+    Ok(match inode(r, vol, ino)? {
+        None => Err(FsError::NotFound),
+        Some(i) if i.attr.kind != FileKind::Dir => Err(FsError::NotDir),
+        Some(i) => Ok(i),
+    })
+}
+
+fn check_name(name: &[u8]) -> FsRes<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FsError::NameTooLong);
+    }
+    validate_file_name(name).map_err(|e| FsError::Invalid(e.to_string()))
+}
+
+fn lookup(r: &impl Reader, vol: VolumeId, parent: Ino, name: &[u8]) -> Result<Option<DentryRec>> {
+    get(r, Tbl::Dentries, &k_dentry(vol, parent, name))
+}
+
+fn dir_is_empty(r: &impl Reader, vol: VolumeId, ino: Ino) -> Result<bool> {
+    let prefix = k_inode(vol, ino);
+    Ok(r.scan(
+        Tbl::Dentries,
+        Bound::Included(&prefix),
+        &prefix_end(&prefix),
+        1,
+    )?
+    .is_empty())
+}
+
+/// Evaluates a read-only file-system op.
+pub fn query(r: &impl Reader, vol: VolumeId, op: &FsOp) -> Result<FsResult> {
+    let Some(volume) = volume_by_id(r, vol)? else {
+        return Ok(Err(FsError::NoVolume(vol)));
+    };
+    Ok(match op {
+        FsOp::Lookup { parent, name } => {
+            if let Err(e) = need_dir(r, vol, *parent)? {
+                return Ok(Err(e));
+            }
+            match lookup(r, vol, *parent, name)? {
+                None => Err(FsError::NotFound),
+                Some(d) => need_inode(r, vol, d.ino)?.map(|i| FsReply::Attr(i.attr)),
+            }
+        }
+        FsOp::GetAttr { ino } => need_inode(r, vol, *ino)?.map(|i| FsReply::Attr(i.attr)),
+        FsOp::ResolvePath { path } => {
+            let comps = match split_path(path) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(FsError::Invalid(e.to_string()))),
+            };
+            let mut cur = match need_inode(r, vol, ringfs_core::ids::ROOT_INO)? {
+                Ok(i) => i,
+                Err(e) => return Ok(Err(e)),
+            };
+            for c in comps {
+                if cur.attr.kind != FileKind::Dir {
+                    return Ok(Err(FsError::NotDir));
+                }
+                let Some(d) = lookup(r, vol, cur.attr.ino, c.as_bytes())? else {
+                    return Ok(Err(FsError::NotFound));
+                };
+                cur = match need_inode(r, vol, d.ino)? {
+                    Ok(i) => i,
+                    Err(e) => return Ok(Err(e)),
+                };
+            }
+            Ok(FsReply::Attr(cur.attr))
+        }
+        FsOp::ReadDir { ino, after, limit } => {
+            if let Err(e) = need_dir(r, vol, *ino)? {
+                return Ok(Err(e));
+            }
+            let limit = (*limit).clamp(1, MAX_READDIR) as usize;
+            let prefix = k_inode(vol, *ino);
+            let start = k_dentry(vol, *ino, after);
+            let lower = if after.is_empty() {
+                Bound::Included(prefix.as_slice())
+            } else {
+                Bound::Excluded(start.as_slice())
+            };
+            let rows = r.scan(Tbl::Dentries, lower, &prefix_end(&prefix), limit + 1)?;
+            let more = rows.len() > limit;
+            let entries = rows
+                .iter()
+                .take(limit)
+                .map(|(k, v)| {
+                    let d: DentryRec = dec(v)?;
+                    Ok(DirEntry {
+                        name: k[16..].to_vec(),
+                        ino: d.ino,
+                        kind: d.kind,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(FsReply::Entries { entries, more })
+        }
+        FsOp::ReadLink { ino } => match need_inode(r, vol, *ino)? {
+            Ok(i) if i.attr.kind == FileKind::Symlink => Ok(FsReply::Link(i.target)),
+            Ok(_) => Err(FsError::Invalid("not a symbolic link".into())),
+            Err(e) => Err(e),
+        },
+        FsOp::ReadChunk { ino, chunk } => match need_inode(r, vol, *ino)? {
+            Ok(i) if i.attr.kind == FileKind::Dir => Err(FsError::IsDir),
+            Ok(i) => {
+                let slices: Vec<Slice> =
+                    get(r, Tbl::Chunks, &k_chunk(vol, *ino, *chunk))?.unwrap_or_default();
+                Ok(FsReply::Chunk {
+                    attr: i.attr,
+                    slices,
+                })
+            }
+            Err(e) => Err(e),
+        },
+        FsOp::StatFs => Ok(FsReply::StatFs(StatFs {
+            capacity_bytes: volume.info.capacity,
+            used_bytes: volume.info.used_bytes,
+            used_inodes: volume.info.used_inodes,
+        })),
+        _ => Err(FsError::Invalid("not a read operation".into())),
+    })
+}
+
+// ---- commands ----
+
+/// Applies one command. Storage failures are errors (fatal for the node); everything a
+/// user can cause is a [`Response`].
+pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
+    match cmd {
+        Command::CreateVolume {
+            name,
+            capacity,
+            replication,
+            now_ns,
+        } => create_volume(w, &name, capacity, replication, now_ns),
+        Command::ResizeVolume { name, capacity } => resize_volume(w, &name, capacity),
+        Command::DeleteVolume { name } => delete_volume(w, &name),
+        Command::Fs { volume, op, now_ns } => {
+            let Some(mut vol) = volume_by_id(w, volume)? else {
+                return Ok(Response::Fs(Err(FsError::NoVolume(volume))));
+            };
+            if op.is_read() {
+                return Ok(Response::Fs(query(w, volume, &op)?));
+            }
+            let res = fs_write(w, &mut vol, op, now_ns)?;
+            if res.is_ok() {
+                put(w, Tbl::Volumes, &k_u64(volume), &vol)?;
+            }
+            Ok(Response::Fs(res))
+        }
+        Command::AddNode {
+            spec,
+            addr,
+            partitions,
+            replication,
+        } => add_node(w, spec, addr, partitions, replication),
+        Command::GcDone { ids } => {
+            for id in ids {
+                w.del(Tbl::Gc, &id.0)?;
+            }
+            Ok(Response::None)
+        }
+        Command::PurgeVolume { id, limit } => purge_volume(w, id, limit),
+    }
+}
+
+fn create_volume(
+    w: &impl Writer,
+    name: &str,
+    capacity: u64,
+    replication: u32,
+    now_ns: i64,
+) -> Result<Response> {
+    if let Err(e) = validate_volume_name(name) {
+        return Ok(refused(RefusalCode::InvalidArgument, e.to_string()));
+    }
+    if capacity == 0 {
+        return Ok(refused(
+            RefusalCode::InvalidArgument,
+            "volume capacity must be greater than 0 bytes",
+        ));
+    }
+    let Some(layout) = current_layout(w)? else {
+        return Ok(refused(
+            RefusalCode::FailedPrecondition,
+            "the cluster has no storage nodes yet; wait for nodes to join",
+        ));
+    };
+    let max_rf = layout.replication;
+    let rf = if replication == 0 {
+        max_rf.min(ringfs_core::layout::DEFAULT_REPLICATION)
+    } else {
+        replication
+    };
+    if rf > max_rf {
+        return Ok(refused(
+            RefusalCode::InvalidArgument,
+            format!(
+                "replication {rf} needs at least {rf} storage nodes, but the cluster places data on {max_rf}; \
+                 add nodes or ask for replication <= {max_rf}"
+            ),
+        ));
+    }
+    if let Some(existing) = volume_by_name(w, name)? {
+        let i = &existing.info;
+        if i.capacity == capacity && i.replication == rf {
+            return Ok(Response::Volume {
+                volume: existing.info,
+                created: false,
+            });
+        }
+        return Ok(refused(
+            RefusalCode::AlreadyExists,
+            format!(
+                "volume {name:?} already exists with capacity {} bytes and replication {}; \
+                 use resize to change its capacity, or pick another name",
+                i.capacity, i.replication
+            ),
+        ));
+    }
+    let id: u64 = get(w, Tbl::Sys, K_NEXT_VOLUME)?.unwrap_or(1);
+    put(w, Tbl::Sys, K_NEXT_VOLUME, &(id + 1))?;
+    let root = InodeRec {
+        attr: Attr {
+            ino: ringfs_core::ids::ROOT_INO,
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime_ns: now_ns,
+            mtime_ns: now_ns,
+            ctime_ns: now_ns,
+        },
+        target: Vec::new(),
+        parent: ringfs_core::ids::ROOT_INO,
+    };
+    put(w, Tbl::Inodes, &k_inode(id, root.attr.ino), &root)?;
+    let info = VolumeInfo {
+        id,
+        name: name.to_string(),
+        capacity,
+        replication: rf,
+        used_bytes: 0,
+        used_inodes: 1,
+        created_ns: now_ns,
+    };
+    put(
+        w,
+        Tbl::Volumes,
+        &k_u64(id),
+        &VolumeRec {
+            info: info.clone(),
+            next_ino: 2,
+        },
+    )?;
+    put(w, Tbl::VolumeNames, name.as_bytes(), &id)?;
+    Ok(Response::Volume {
+        volume: info,
+        created: true,
+    })
+}
+
+fn resize_volume(w: &impl Writer, name: &str, capacity: u64) -> Result<Response> {
+    if capacity == 0 {
+        return Ok(refused(
+            RefusalCode::InvalidArgument,
+            "volume capacity must be greater than 0 bytes",
+        ));
+    }
+    let Some(mut rec) = volume_by_name(w, name)? else {
+        return Ok(refused(
+            RefusalCode::NotFound,
+            format!("volume {name:?} does not exist; `ringfs volume ls` lists volumes"),
+        ));
+    };
+    if capacity < rec.info.used_bytes {
+        return Ok(refused(
+            RefusalCode::FailedPrecondition,
+            format!(
+                "volume {name:?} holds {} bytes; it cannot shrink to {capacity} bytes. Delete files first",
+                rec.info.used_bytes
+            ),
+        ));
+    }
+    rec.info.capacity = capacity;
+    put(w, Tbl::Volumes, &k_u64(rec.info.id), &rec)?;
+    Ok(Response::Volume {
+        volume: rec.info,
+        created: false,
+    })
+}
+
+fn delete_volume(w: &impl Writer, name: &str) -> Result<Response> {
+    let Some(rec) = volume_by_name(w, name)? else {
+        return Ok(Response::Deleted(false));
+    };
+    w.del(Tbl::VolumeNames, name.as_bytes())?;
+    w.del(Tbl::Volumes, &k_u64(rec.info.id))?;
+    w.put(Tbl::Deleting, &k_u64(rec.info.id), &[])?;
+    Ok(Response::Deleted(true))
+}
+
+/// Removes up to `limit` records of a deleted volume; its blocks go to the GC queue.
+fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
+    let prefix = k_u64(id);
+    let end = prefix_end(&prefix);
+    let mut budget = limit.max(1) as usize;
+    for t in [Tbl::Chunks, Tbl::Dentries, Tbl::Xattrs, Tbl::Inodes] {
+        let rows = w.scan(t, Bound::Included(&prefix), &end, budget)?;
+        for (k, v) in &rows {
+            if t == Tbl::Chunks {
+                let slices: Vec<Slice> = dec(v)?;
+                decref_slices(w, &slices)?;
+            }
+            w.del(t, k)?;
+        }
+        budget -= rows.len();
+        if budget == 0 {
+            return Ok(Response::Purged { remaining: true });
+        }
+    }
+    w.del(Tbl::Deleting, &prefix)?;
+    Ok(Response::Purged { remaining: false })
+}
+
+fn add_node(
+    w: &impl Writer,
+    spec: NodeSpec,
+    addr: String,
+    partitions: u32,
+    replication: u32,
+) -> Result<Response> {
+    if spec.id == 0 {
+        return Ok(refused(
+            RefusalCode::InvalidArgument,
+            "node id 0 is reserved; node ids start at 1",
+        ));
+    }
+    let key = k_u64(spec.id);
+    let prev: Option<NodeRecord> = get(w, Tbl::Nodes, &key)?;
+    let current = current_layout(w)?;
+    if let (Some(p), Some(_)) = (&prev, &current) {
+        if p.spec == spec && p.addr == addr {
+            let version = current.as_ref().map(|l| l.version).unwrap_or(0);
+            return Ok(Response::Layout {
+                version,
+                changed: false,
+            });
+        }
+    }
+    let mut all = nodes(w)?;
+    all.retain(|n| n.spec.id != spec.id);
+    all.push(NodeRecord {
+        spec: spec.clone(),
+        addr: addr.clone(),
+    });
+    all.sort_by_key(|n| n.spec.id);
+    let specs: Vec<NodeSpec> = all.iter().map(|n| n.spec.clone()).collect();
+    let partitions = get(w, Tbl::Sys, K_PARTITIONS)?.unwrap_or(partitions);
+    let replication = get(w, Tbl::Sys, K_REPLICATION)?.unwrap_or(replication);
+    let layout_changed = prev.as_ref().map(|p| p.spec != spec).unwrap_or(true);
+    let mut version = current.as_ref().map(|l| l.version).unwrap_or(0);
+    if layout_changed || current.is_none() {
+        let next = match Layout::compute(current.as_ref(), &specs, replication, partitions) {
+            Ok(l) => l,
+            Err(e) => return Ok(refused(RefusalCode::InvalidArgument, e.to_string())),
+        };
+        version = next.version;
+        put(w, Tbl::Layouts, &k_u64(version), &next)?;
+        put(w, Tbl::Sys, K_LAYOUT_VERSION, &version)?;
+        put(w, Tbl::Sys, K_PARTITIONS, &partitions)?;
+        put(w, Tbl::Sys, K_REPLICATION, &replication)?;
+    }
+    put(w, Tbl::Nodes, &key, &NodeRecord { spec, addr })?;
+    Ok(Response::Layout {
+        version,
+        changed: layout_changed,
+    })
+}
+
+fn incref_slices(w: &impl Writer, slices: &[Slice]) -> Result<()> {
+    for s in slices {
+        for b in &s.blocks {
+            let n: u64 = get(w, Tbl::BlockRefs, &b.id.0)?.unwrap_or(0);
+            put(w, Tbl::BlockRefs, &b.id.0, &(n + 1))?;
+        }
+    }
+    Ok(())
+}
+
+fn decref_slices(w: &impl Writer, slices: &[Slice]) -> Result<()> {
+    for s in slices {
+        for b in &s.blocks {
+            let n: u64 = get(w, Tbl::BlockRefs, &b.id.0)?.unwrap_or(0);
+            if n <= 1 {
+                w.del(Tbl::BlockRefs, &b.id.0)?;
+                w.put(Tbl::Gc, &b.id.0, &[])?;
+            } else {
+                put(w, Tbl::BlockRefs, &b.id.0, &(n - 1))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops every chunk of `ino` at or after `from_chunk`.
+fn drop_chunks(w: &impl Writer, vol: VolumeId, ino: Ino, from_chunk: u64) -> Result<()> {
+    let start = k_chunk(vol, ino, from_chunk);
+    let end = prefix_end(&k_inode(vol, ino));
+    loop {
+        let rows = w.scan(Tbl::Chunks, Bound::Included(&start), &end, 256)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (k, v) in rows {
+            let slices: Vec<Slice> = dec(&v)?;
+            decref_slices(w, &slices)?;
+            w.del(Tbl::Chunks, &k)?;
+        }
+    }
+}
+
+/// Changes a file's size: shrinking drops whole chunks past the end and hides the tail of
+/// the last one behind a zero slice, so growing later reads zeros, never old data.
+fn set_size(w: &impl Writer, vol: VolumeId, ino: Ino, old: u64, new: u64) -> Result<()> {
+    if new >= old {
+        return Ok(());
+    }
+    let keep_chunks = new.div_ceil(CHUNK_SIZE);
+    drop_chunks(w, vol, ino, keep_chunks)?;
+    let tail = new % CHUNK_SIZE;
+    if tail != 0 {
+        let idx = new / CHUNK_SIZE;
+        let key = k_chunk(vol, ino, idx);
+        let mut slices: Vec<Slice> = get(w, Tbl::Chunks, &key)?.unwrap_or_default();
+        if !slices.is_empty() {
+            slices.push(Slice::zero(tail as u32, (CHUNK_SIZE - tail) as u32));
+            put(w, Tbl::Chunks, &key, &slices)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_quota(vol: &VolumeRec, grow: u64) -> FsRes<()> {
+    let used = vol.info.used_bytes;
+    if grow > 0 && used.saturating_add(grow) > vol.info.capacity {
+        return Err(FsError::QuotaExceeded {
+            used,
+            capacity: vol.info.capacity,
+            needed: grow,
+        });
+    }
+    Ok(())
+}
+
+/// Removes the dentry `parent/name` pointing at `rec` and drops the inode when its last
+/// link goes. The caller has validated everything.
+fn unlink_inode(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    parent: Ino,
+    name: &[u8],
+    mut rec: InodeRec,
+    now: i64,
+) -> Result<()> {
+    let id = vol.info.id;
+    w.del(Tbl::Dentries, &k_dentry(id, parent, name))?;
+    let is_dir = rec.attr.kind == FileKind::Dir;
+    if is_dir || rec.attr.nlink <= 1 {
+        drop_chunks(w, id, rec.attr.ino, 0)?;
+        let xprefix = k_inode(id, rec.attr.ino);
+        for (k, _) in w.scan(
+            Tbl::Xattrs,
+            Bound::Included(&xprefix),
+            &prefix_end(&xprefix),
+            usize::MAX,
+        )? {
+            w.del(Tbl::Xattrs, &k)?;
+        }
+        w.del(Tbl::Inodes, &k_inode(id, rec.attr.ino))?;
+        vol.info.used_bytes = vol.info.used_bytes.saturating_sub(rec.attr.size);
+        vol.info.used_inodes = vol.info.used_inodes.saturating_sub(1);
+        if is_dir {
+            if let Some(mut p) = inode(w, id, parent)? {
+                p.attr.nlink = p.attr.nlink.saturating_sub(1);
+                put(w, Tbl::Inodes, &k_inode(id, parent), &p)?;
+            }
+        }
+    } else {
+        rec.attr.nlink -= 1;
+        rec.attr.ctime_ns = now;
+        put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+    }
+    Ok(())
+}
+
+fn touch_dir(
+    w: &impl Writer,
+    vol: VolumeId,
+    mut dir: InodeRec,
+    now: i64,
+    nlink_delta: i32,
+) -> Result<()> {
+    dir.attr.mtime_ns = now;
+    dir.attr.ctime_ns = now;
+    dir.attr.nlink = dir.attr.nlink.saturating_add_signed(nlink_delta);
+    put(w, Tbl::Inodes, &k_inode(vol, dir.attr.ino), &dir)
+}
+
+fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<FsResult> {
+    let id = vol.info.id;
+    macro_rules! tryfs {
+        ($e:expr) => {
+            match $e? {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+    }
+    macro_rules! ensure {
+        ($e:expr) => {
+            if let Err(e) = $e {
+                return Ok(Err(e));
+            }
+        };
+    }
+    match op {
+        FsOp::Create {
+            parent,
+            name,
+            mode,
+            uid,
+            gid,
+            exclusive,
+        } => {
+            ensure!(check_name(&name));
+            let dir = tryfs!(need_dir(w, id, parent));
+            if let Some(d) = lookup(w, id, parent, &name)? {
+                if exclusive {
+                    return Ok(Err(FsError::Exists));
+                }
+                if d.kind == FileKind::Dir {
+                    return Ok(Err(FsError::IsDir));
+                }
+                return Ok(need_inode(w, id, d.ino)?.map(|i| FsReply::Attr(i.attr)));
+            }
+            let rec = new_inode(vol, FileKind::File, mode & 0o7777, uid, gid, now, parent);
+            put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+            put(
+                w,
+                Tbl::Dentries,
+                &k_dentry(id, parent, &name),
+                &DentryRec {
+                    ino: rec.attr.ino,
+                    kind: FileKind::File,
+                },
+            )?;
+            touch_dir(w, id, dir, now, 0)?;
+            Ok(Ok(FsReply::Attr(rec.attr)))
+        }
+        FsOp::Mkdir {
+            parent,
+            name,
+            mode,
+            uid,
+            gid,
+        } => {
+            ensure!(check_name(&name));
+            let dir = tryfs!(need_dir(w, id, parent));
+            if lookup(w, id, parent, &name)?.is_some() {
+                return Ok(Err(FsError::Exists));
+            }
+            let rec = new_inode(vol, FileKind::Dir, mode & 0o7777, uid, gid, now, parent);
+            put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+            put(
+                w,
+                Tbl::Dentries,
+                &k_dentry(id, parent, &name),
+                &DentryRec {
+                    ino: rec.attr.ino,
+                    kind: FileKind::Dir,
+                },
+            )?;
+            touch_dir(w, id, dir, now, 1)?;
+            Ok(Ok(FsReply::Attr(rec.attr)))
+        }
+        FsOp::Symlink {
+            parent,
+            name,
+            target,
+            uid,
+            gid,
+        } => {
+            ensure!(check_name(&name));
+            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+                return Ok(Err(FsError::Invalid(
+                    "symlink targets are 1-4096 bytes without NUL".into(),
+                )));
+            }
+            let dir = tryfs!(need_dir(w, id, parent));
+            if lookup(w, id, parent, &name)?.is_some() {
+                return Ok(Err(FsError::Exists));
+            }
+            ensure!(check_quota(vol, target.len() as u64));
+            let mut rec = new_inode(vol, FileKind::Symlink, 0o777, uid, gid, now, parent);
+            rec.attr.size = target.len() as u64;
+            rec.target = target;
+            vol.info.used_bytes += rec.attr.size;
+            put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+            put(
+                w,
+                Tbl::Dentries,
+                &k_dentry(id, parent, &name),
+                &DentryRec {
+                    ino: rec.attr.ino,
+                    kind: FileKind::Symlink,
+                },
+            )?;
+            touch_dir(w, id, dir, now, 0)?;
+            Ok(Ok(FsReply::Attr(rec.attr)))
+        }
+        FsOp::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => {
+            ensure!(check_name(&new_name));
+            let mut rec = tryfs!(need_inode(w, id, ino));
+            if rec.attr.kind == FileKind::Dir {
+                return Ok(Err(FsError::PermissionDenied));
+            }
+            let dir = tryfs!(need_dir(w, id, new_parent));
+            if lookup(w, id, new_parent, &new_name)?.is_some() {
+                return Ok(Err(FsError::Exists));
+            }
+            rec.attr.nlink += 1;
+            rec.attr.ctime_ns = now;
+            put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
+            put(
+                w,
+                Tbl::Dentries,
+                &k_dentry(id, new_parent, &new_name),
+                &DentryRec {
+                    ino,
+                    kind: rec.attr.kind,
+                },
+            )?;
+            touch_dir(w, id, dir, now, 0)?;
+            Ok(Ok(FsReply::Attr(rec.attr)))
+        }
+        FsOp::Unlink { parent, name } => {
+            let dir = tryfs!(need_dir(w, id, parent));
+            let Some(d) = lookup(w, id, parent, &name)? else {
+                return Ok(Err(FsError::NotFound));
+            };
+            if d.kind == FileKind::Dir {
+                return Ok(Err(FsError::IsDir));
+            }
+            let rec = tryfs!(need_inode(w, id, d.ino));
+            unlink_inode(w, vol, parent, &name, rec, now)?;
+            if let Some(dir) = inode(w, id, dir.attr.ino)? {
+                touch_dir(w, id, dir, now, 0)?;
+            }
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::Rmdir { parent, name } => {
+            tryfs!(need_dir(w, id, parent));
+            let Some(d) = lookup(w, id, parent, &name)? else {
+                return Ok(Err(FsError::NotFound));
+            };
+            if d.kind != FileKind::Dir {
+                return Ok(Err(FsError::NotDir));
+            }
+            if !dir_is_empty(w, id, d.ino)? {
+                return Ok(Err(FsError::NotEmpty));
+            }
+            let rec = tryfs!(need_inode(w, id, d.ino));
+            unlink_inode(w, vol, parent, &name, rec, now)?;
+            if let Some(dir) = inode(w, id, parent)? {
+                touch_dir(w, id, dir, now, 0)?;
+            }
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            no_replace,
+        } => {
+            ensure!(check_name(&new_name));
+            tryfs!(need_dir(w, id, parent));
+            tryfs!(need_dir(w, id, new_parent));
+            let Some(src) = lookup(w, id, parent, &name)? else {
+                return Ok(Err(FsError::NotFound));
+            };
+            let dst = lookup(w, id, new_parent, &new_name)?;
+            if let Some(d) = dst {
+                if d.ino == src.ino {
+                    return Ok(Ok(FsReply::Done));
+                }
+                if no_replace {
+                    return Ok(Err(FsError::Exists));
+                }
+                match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
+                    (true, false) => return Ok(Err(FsError::NotDir)),
+                    (false, true) => return Ok(Err(FsError::IsDir)),
+                    (true, true) if !dir_is_empty(w, id, d.ino)? => {
+                        return Ok(Err(FsError::NotEmpty))
+                    }
+                    _ => {}
+                }
+            }
+            if src.kind == FileKind::Dir && parent != new_parent {
+                // Refuse moving a directory below itself: walk up from the new parent.
+                let mut cur = new_parent;
+                loop {
+                    if cur == src.ino {
+                        return Ok(Err(FsError::Loop));
+                    }
+                    if cur == ringfs_core::ids::ROOT_INO {
+                        break;
+                    }
+                    cur = tryfs!(need_inode(w, id, cur)).parent;
+                }
+            }
+            // All checks passed: mutate.
+            if let Some(d) = dst {
+                let rec = tryfs!(need_inode(w, id, d.ino));
+                unlink_inode(w, vol, new_parent, &new_name, rec, now)?;
+            }
+            w.del(Tbl::Dentries, &k_dentry(id, parent, &name))?;
+            put(w, Tbl::Dentries, &k_dentry(id, new_parent, &new_name), &src)?;
+            let mut rec = tryfs!(need_inode(w, id, src.ino));
+            rec.attr.ctime_ns = now;
+            let moved_dir = src.kind == FileKind::Dir && parent != new_parent;
+            if src.kind == FileKind::Dir {
+                rec.parent = new_parent;
+            }
+            put(w, Tbl::Inodes, &k_inode(id, src.ino), &rec)?;
+            let old_dir = tryfs!(need_inode(w, id, parent));
+            touch_dir(w, id, old_dir, now, if moved_dir { -1 } else { 0 })?;
+            if parent != new_parent {
+                let new_dir = tryfs!(need_inode(w, id, new_parent));
+                touch_dir(w, id, new_dir, now, if moved_dir { 1 } else { 0 })?;
+            }
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::SetAttr { ino, set } => set_attr(w, vol, ino, set, now),
+        FsOp::Write {
+            ino,
+            slices,
+            min_size,
+        } => write_slices(w, vol, ino, slices, min_size, now),
+        other => Ok(Err(FsError::Invalid(format!(
+            "{other:?} is not a write operation"
+        )))),
+    }
+}
+
+fn new_inode(
+    vol: &mut VolumeRec,
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    now: i64,
+    parent: Ino,
+) -> InodeRec {
+    let ino = vol.next_ino;
+    vol.next_ino += 1;
+    vol.info.used_inodes += 1;
+    InodeRec {
+        attr: Attr {
+            ino,
+            kind,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+        },
+        target: Vec::new(),
+        parent,
+    }
+}
+
+fn set_attr(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    ino: Ino,
+    set: SetAttr,
+    now: i64,
+) -> Result<FsResult> {
+    let id = vol.info.id;
+    let mut rec = match need_inode(w, id, ino)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(size) = set.size {
+        if rec.attr.kind == FileKind::Dir {
+            return Ok(Err(FsError::IsDir));
+        }
+        if rec.attr.kind != FileKind::File {
+            return Ok(Err(FsError::Invalid(
+                "only regular files can be truncated".into(),
+            )));
+        }
+        if size > MAX_FILE_SIZE {
+            return Ok(Err(FsError::Invalid(format!(
+                "files are at most {MAX_FILE_SIZE} bytes"
+            ))));
+        }
+        if let Err(e) = check_quota(vol, size.saturating_sub(rec.attr.size)) {
+            return Ok(Err(e));
+        }
+        set_size(w, id, ino, rec.attr.size, size)?;
+        vol.info.used_bytes = vol.info.used_bytes - rec.attr.size.min(vol.info.used_bytes) + size;
+        rec.attr.size = size;
+        rec.attr.mtime_ns = now;
+    }
+    if let Some(m) = set.mode {
+        rec.attr.mode = m & 0o7777;
+    }
+    if let Some(u) = set.uid {
+        rec.attr.uid = u;
+    }
+    if let Some(g) = set.gid {
+        rec.attr.gid = g;
+    }
+    if let Some(t) = set.atime_ns {
+        rec.attr.atime_ns = t;
+    }
+    if let Some(t) = set.mtime_ns {
+        rec.attr.mtime_ns = t;
+    }
+    rec.attr.ctime_ns = now;
+    put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
+    Ok(Ok(FsReply::Attr(rec.attr)))
+}
+
+fn write_slices(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    ino: Ino,
+    slices: Vec<ChunkSlice>,
+    min_size: u64,
+    now: i64,
+) -> Result<FsResult> {
+    let id = vol.info.id;
+    let mut rec = match need_inode(w, id, ino)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    match rec.attr.kind {
+        FileKind::File => {}
+        FileKind::Dir => return Ok(Err(FsError::IsDir)),
+        FileKind::Symlink => {
+            return Ok(Err(FsError::Invalid(
+                "cannot write to a symbolic link".into(),
+            )))
+        }
+    }
+    let mut end = min_size;
+    for cs in &slices {
+        if !cs.slice.is_valid() {
+            return Ok(Err(FsError::Invalid(format!(
+                "malformed slice for chunk {}: {:?}",
+                cs.chunk, cs.slice
+            ))));
+        }
+        let slice_end = cs
+            .chunk
+            .saturating_mul(CHUNK_SIZE)
+            .saturating_add(cs.slice.end());
+        end = end.max(slice_end);
+    }
+    if end > MAX_FILE_SIZE {
+        return Ok(Err(FsError::Invalid(format!(
+            "files are at most {MAX_FILE_SIZE} bytes"
+        ))));
+    }
+    let new_size = rec.attr.size.max(end);
+    if let Err(e) = check_quota(vol, new_size - rec.attr.size) {
+        return Ok(Err(e));
+    }
+    // Group by chunk, preserving order, and check slice-count limits before writing.
+    let mut by_chunk: std::collections::BTreeMap<u64, Vec<Slice>> =
+        std::collections::BTreeMap::new();
+    for cs in slices {
+        by_chunk.entry(cs.chunk).or_default().push(cs.slice);
+    }
+    let mut updates = Vec::with_capacity(by_chunk.len());
+    for (chunk, new) in by_chunk {
+        let key = k_chunk(id, ino, chunk);
+        let list: Vec<Slice> = get(w, Tbl::Chunks, &key)?.unwrap_or_default();
+        if list.len() + new.len() > MAX_SLICES_PER_CHUNK {
+            return Ok(Err(FsError::Invalid(format!(
+                "chunk {chunk} of inode {ino} has too many slices; retry after compaction"
+            ))));
+        }
+        updates.push((key, list, new));
+    }
+    for (key, mut list, new) in updates {
+        incref_slices(w, &new)?;
+        list.extend(new);
+        put(w, Tbl::Chunks, &key, &list)?;
+    }
+    vol.info.used_bytes += new_size - rec.attr.size;
+    rec.attr.size = new_size;
+    rec.attr.mtime_ns = now;
+    rec.attr.ctime_ns = now;
+    put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
+    Ok(Ok(FsReply::Attr(rec.attr)))
+}

@@ -1,0 +1,120 @@
+//! HTTP endpoints: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
+
+use crate::admin::readiness;
+use crate::node::Node;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+struct Metrics {
+    registry: Registry,
+    term: Gauge,
+    is_leader: Gauge,
+    last_log_index: Gauge,
+    last_applied: Gauge,
+    blocks: Gauge,
+    bytes: Gauge<u64, AtomicU64>,
+    members: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("ringfs_node");
+        let m = Metrics {
+            term: Gauge::default(),
+            is_leader: Gauge::default(),
+            last_log_index: Gauge::default(),
+            last_applied: Gauge::default(),
+            blocks: Gauge::default(),
+            bytes: Gauge::default(),
+            members: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register(
+            "raft_is_leader",
+            "1 when this node is the Raft leader",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Last Raft log index",
+            m.last_log_index.clone(),
+        );
+        registry.register(
+            "raft_last_applied",
+            "Last applied Raft log index",
+            m.last_applied.clone(),
+        );
+        registry.register(
+            "raft_members",
+            "Raft members (voters and learners)",
+            m.members.clone(),
+        );
+        registry.register(
+            "blocks_stored",
+            "Blocks stored on this node",
+            m.blocks.clone(),
+        );
+        registry.register(
+            "block_bytes_stored",
+            "Bytes of block data stored on this node",
+            m.bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+struct AppState {
+    node: Arc<Node>,
+    metrics: Metrics,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let state = Arc::new(AppState {
+        node,
+        metrics: Metrics::new(),
+    });
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Result<String, StatusCode> {
+    let m = s.node.raft.metrics().borrow().clone();
+    let g = &s.metrics;
+    g.term.set(m.current_term as i64);
+    g.is_leader
+        .set(i64::from(m.current_leader == Some(s.node.id)));
+    g.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+    g.last_applied
+        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+    g.members
+        .set(m.membership_config.membership().nodes().count() as i64);
+    let (blocks, bytes) = s.node.blocks.stats();
+    g.blocks.set(blocks as i64);
+    g.bytes.set(bytes);
+    let mut out = String::new();
+    encode(&mut out, &g.registry).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(out)
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> (StatusCode, String) {
+    let (ok, detail) = readiness(&s.node);
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        detail + "\n",
+    )
+}

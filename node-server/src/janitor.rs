@@ -1,0 +1,70 @@
+//! Leader-only background work: deleting unreferenced blocks from every node, and purging
+//! deleted volumes' metadata in bounded batches.
+
+use crate::fsm;
+use crate::node::Node;
+use crate::types::{Command, Response};
+use ringfs_client::blocks::BlockIo;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Blocks deleted per GC round.
+pub const GC_BATCH: usize = 1000;
+/// Records removed per purge command.
+pub const PURGE_BATCH: u32 = 2000;
+
+pub async fn run(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let io = BlockIo::new(node.pool.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        if let Err(e) = round(&node, &io).await {
+            tracing::warn!(error = %e, "janitor round failed; will retry");
+        }
+    }
+}
+
+async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
+    let (ids, addrs, deleting) = {
+        let tx = node.sm.read()?;
+        let ids = fsm::gc_batch(&tx, GC_BATCH)?;
+        let addrs: Vec<String> = fsm::nodes(&tx)?.into_iter().map(|n| n.addr).collect();
+        (ids, addrs, fsm::deleting_volumes(&tx)?)
+    };
+    for id in deleting {
+        loop {
+            match node
+                .write(Command::PurgeVolume {
+                    id,
+                    limit: PURGE_BATCH,
+                })
+                .await?
+            {
+                Response::Purged { remaining: true } => continue,
+                _ => break,
+            }
+        }
+        tracing::info!(volume = id, "deleted volume purged");
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // A block may sit on any node that ever owned its partition, so ask every node. A
+    // node that cannot be reached keeps the batch queued: nothing is forgotten early.
+    for addr in &addrs {
+        io.delete(addr, &ids)
+            .await
+            .map_err(|e| anyhow::anyhow!("deleting blocks on {addr}: {e}"))?;
+    }
+    let n = ids.len();
+    node.write(Command::GcDone { ids }).await?;
+    tracing::debug!(blocks = n, "garbage-collected blocks");
+    Ok(())
+}

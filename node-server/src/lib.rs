@@ -1,0 +1,23 @@
+//! The ringfs storage node.
+//!
+//! One process per node: a Raft member (openraft) replicating the metadata state machine
+//! (membership, layouts, volumes, the namespace, block references), a block store of
+//! immutable checksummed blocks, and the gRPC services clients and peers call.
+
+pub mod admin;
+pub mod app;
+pub mod blocks;
+pub mod config;
+pub mod error;
+pub mod fsm;
+pub mod http;
+pub mod janitor;
+pub mod logstore;
+pub mod meta;
+pub mod network;
+pub mod node;
+pub mod sm;
+pub mod types;
+
+pub use app::run;
+pub use config::Config;

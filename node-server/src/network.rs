@@ -1,0 +1,184 @@
+//! Raft traffic over gRPC: the client side (openraft's network factory) and the
+//! `RaftService` server. Messages are openraft's own types, postcard-encoded.
+
+use crate::types::{NodeId, Raft, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use ringfs_client::ChannelPool;
+use ringfs_proto::raft::raft_service_client::RaftServiceClient;
+use ringfs_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use ringfs_proto::raft::{RaftReply, RaftRequest};
+use ringfs_proto::MAX_MESSAGE_BYTES;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+/// Encoding version of Raft payloads.
+pub const RAFT_FORMAT: u32 = 1;
+
+#[derive(Clone)]
+pub struct Network {
+    pub pool: ChannelPool,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    pool: ChannelPool,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Peer {
+    fn client(&self) -> Result<RaftServiceClient<tonic::transport::Channel>, Unreachable> {
+        let ch = self
+            .pool
+            .get(&self.addr)
+            .map_err(|e| Unreachable::new(&e))?;
+        Ok(RaftServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        f: impl AsyncFnOnce(
+            RaftServiceClient<tonic::transport::Channel>,
+            Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status>,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(RaftRequest {
+            format: RAFT_FORMAT,
+            payload: payload.into(),
+        });
+        request.set_timeout(option.hard_ttl());
+        let client = self.client().map_err(RPCError::Unreachable)?;
+        let reply = match f(client, request).await {
+            Ok(r) => r.into_inner(),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(RPCError::Unreachable(Unreachable::new(&s)))
+            }
+            Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
+        };
+        let res: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+            .await
+    }
+}
+
+/// The server side: decodes a request, hands it to the local Raft, encodes the result.
+pub struct RaftServer {
+    pub raft: Raft,
+}
+
+impl RaftServer {
+    pub fn server(raft: Raft) -> RaftServiceServer<RaftServer> {
+        RaftServiceServer::new(RaftServer { raft })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: &RaftRequest) -> Result<T, Status> {
+    if req.format != RAFT_FORMAT {
+        return Err(Status::invalid_argument(format!(
+            "raft payload format {} is not supported (this node speaks {RAFT_FORMAT}); upgrade nodes one at a time",
+            req.format
+        )));
+    }
+    postcard::from_bytes(&req.payload)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = postcard::to_allocvec(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply {
+        payload: payload.into(),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}

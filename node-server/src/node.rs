@@ -1,0 +1,129 @@
+//! The node: the Raft handle plus the stores, and the two primitives every service is
+//! built on — propose a command (`write`) and read linearizably (`read`).
+
+use crate::blocks::BlockStore;
+use crate::config::Config;
+use crate::error::{NodeError, Result};
+use crate::sm::SmStore;
+use crate::types::{Command, NodeId, Raft, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use ringfs_client::ChannelPool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+
+/// Request metadata marking a request a follower already forwarded, so the receiver never
+/// forwards it again (no forwarding loops while leadership moves).
+pub const FORWARDED_KEY: &str = "x-ringfs-forwarded";
+
+/// How long a request waits for a leader to be elected before failing `unavailable`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub sm: Arc<SmStore>,
+    pub blocks: Arc<BlockStore>,
+    pub pool: ChannelPool,
+    /// Serializes membership changes on the leader.
+    pub membership_lock: Mutex<()>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a request should be served.
+pub enum Route {
+    Local,
+    Forward(String),
+}
+
+impl Node {
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The leader's id and address, waiting up to [`LEADER_WAIT`] for an election.
+    pub async fn leader(&self) -> Result<(NodeId, String)> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Some(l) = m.current_leader {
+                    if let Some(n) = m.membership_config.membership().get_node(&l) {
+                        return Ok((l, n.addr.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(NodeError::Unavailable("raft is shutting down".into())),
+                Err(_) => {
+                    return Err(NodeError::Unavailable(
+                        "no Raft leader was elected within 5s; a majority of voters may be down"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Decides whether to serve a request here or forward it to the leader. A request
+    /// that was already forwarded once is never forwarded again.
+    pub async fn route<T>(&self, req: &tonic::Request<T>) -> Result<Route> {
+        let (leader, addr) = self.leader().await?;
+        if leader == self.id {
+            return Ok(Route::Local);
+        }
+        if req.metadata().contains_key(FORWARDED_KEY) {
+            return Err(NodeError::NotLeader { leader: Some(addr) });
+        }
+        Ok(Route::Forward(addr))
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<Response> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(NodeError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(NodeError::FailedPrecondition(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read: it is the leader, a quorum
+    /// confirmed it, and everything committed before the read is applied.
+    pub async fn linearizable(&self) -> Result<()> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(NodeError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Marks an outgoing forwarded request.
+    pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            FORWARDED_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        r
+    }
+}

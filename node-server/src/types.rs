@@ -1,0 +1,119 @@
+//! Raft type configuration and the commands replicated through the log.
+
+use ringfs_core::fs::{FsOp, FsResult};
+use ringfs_core::layout::NodeSpec;
+use ringfs_core::{BlockId, VolumeId};
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// A replicated state-machine command. Everything that changes metadata is one command,
+/// applied deterministically on every node: wall-clock time is captured once, by the
+/// node that proposes the command, in `now_ns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateVolume {
+        name: String,
+        capacity: u64,
+        replication: u32,
+        now_ns: i64,
+    },
+    ResizeVolume {
+        name: String,
+        capacity: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    Fs {
+        volume: VolumeId,
+        op: FsOp,
+        now_ns: i64,
+    },
+    /// Adds a node to (or updates it in) the cluster's node table and computes the next
+    /// layout version.
+    /// `partitions` and `replication` only matter for the first node: they fix the
+    /// cluster's partition count and replication ceiling.
+    AddNode {
+        spec: NodeSpec,
+        addr: String,
+        partitions: u32,
+        replication: u32,
+    },
+    /// These blocks were deleted from every replica: forget them.
+    GcDone {
+        ids: Vec<BlockId>,
+    },
+    /// Removes up to `limit` inodes of a deleted volume, queueing their blocks for GC.
+    PurgeVolume {
+        id: VolumeId,
+        limit: u32,
+    },
+}
+
+/// A replicated command's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    None,
+    Volume {
+        volume: VolumeInfo,
+        created: bool,
+    },
+    Deleted(bool),
+    Fs(FsResult),
+    Layout {
+        version: u64,
+        changed: bool,
+    },
+    /// How many inodes are left to purge (0 = done).
+    Purged {
+        remaining: bool,
+    },
+    /// A command was refused; the message says why and what to do.
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+}
+
+/// A volume as stored in the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub capacity: u64,
+    pub replication: u32,
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+    pub created_ns: i64,
+}
+
+/// A cluster member as stored in the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub spec: NodeSpec,
+    pub addr: String,
+}
