@@ -41,9 +41,18 @@ export CGO_ENABLED=0
 # Be kind to a 2-core machine that is compiling other things too.
 NICE=(nice -n 19)
 
-# One build at a time per cache.
-exec 9>"$CACHE/.build.lock"
-flock 9
+# One build at a time per cache; the lock is taken only when something must be built,
+# so a fully cached run never waits for another build.
+locked=0
+lock() {
+  [ "$locked" = 1 ] && return 0
+  exec 9>"$CACHE/.build.lock"
+  if ! flock -n 9; then
+    echo "build.sh: waiting for another build.sh to finish ($CACHE/.build.lock)"
+    flock 9
+  fi
+  locked=1
+}
 
 selected() {
   [ ${#only[@]} -eq 0 ] && return 0
@@ -61,6 +70,7 @@ link_bins() { # dir
 build() {
   local name="$1" version="$2"; shift 3
   local dir="$CACHE/$name-$version"
+  if [ ! -f "$dir/.complete" ]; then lock; fi
   if [ -f "$dir/.complete" ]; then
     echo "build.sh: $name $version: cached in $dir"
     link_bins "$dir"; return 0

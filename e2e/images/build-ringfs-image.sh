@@ -46,7 +46,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
 fuse=()
-for f in /bin/fusermount3 /sbin/mount.fuse3; do [ -x "$f" ] && fuse+=("$f"); done
+[ -x /bin/fusermount3 ] && fuse+=(/bin/fusermount3)
+[ -x /sbin/mount.fuse3 ] && fuse+=(--dest /sbin /sbin/mount.fuse3)
 [ ${#fuse[@]} -gt 0 ] || echo "build-ringfs-image.sh: warning: fuse3 is not installed; no fusermount3 in the image" >&2
 "$IMG_DIR/mkrootfs.sh" "$root" "${bins[@]}" --dest /bin /bin/busybox "${fuse[@]}"
 for a in $(/bin/busybox --list); do

@@ -1,0 +1,1 @@
+//! The ringfs POSIX file system through FUSE (in progress: see issue #3).
