@@ -78,7 +78,9 @@ build() {
   local tmp="$dir.tmp" log="$CACHE/logs/build-$name-$version.log" t0=$SECONDS
   rm -rf "$tmp"; mkdir -p "$tmp/bin"
   echo "build.sh: $name $version: building (log: $log)"
-  if ! ( export OUT="$tmp/bin"; "$@" ) >"$log" 2>&1; then
+  # In the background, not in an `if`: errexit must stay on inside the build function.
+  ( export OUT="$tmp/bin"; "$@" ) >"$log" 2>&1 &
+  if ! wait $!; then
     echo "build.sh: $name $version: BUILD FAILED; last lines of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1

@@ -3,10 +3,12 @@
 #   pause   - images/pause/pause.c compiled with gcc -static (the pod sandbox image)
 #   busybox - Debian's busybox-static, with an applet symlink for every command (test pods)
 #   coredns - the coredns binary from build.sh, when it has been built
+#   sidecars - one image per CSI sidecar (build.sh --sidecars), when they have been built:
+#             $CSI_IMAGE_PREFIX/<binary>:<version>, entrypoint /<binary>
 # into ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/images/<name>-<input hash>.tar; an archive whose
 # inputs did not change is reused. Prints "NAME PATH" for each image.
 #
-# Usage: e2e/images/build-images.sh [pause] [busybox] [coredns]   (default: all that can be built)
+# Usage: e2e/images/build-images.sh [pause] [busybox] [coredns] [sidecars]   (default: all that can be built)
 set -euo pipefail
 
 IMG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -67,13 +69,38 @@ coredns() {
   echo "coredns $tar"
 }
 
+# One image per CSI sidecar binary (static Go programs): localhost/ringfs-e2e/<binary>:<version>.
+sidecars() {
+  local dir="$CACHE/csi-sidecars-$CSI_SIDECARS_KEY/bin" bin name ver h tar work
+  [ -d "$dir" ] || { echo "build-images.sh: $dir is missing (run e2e/build.sh --sidecars)" >&2; return 1; }
+  for bin in "$dir"/*; do
+    name="$(basename "$bin")"
+    case "$name" in
+      csi-provisioner) ver="$CSI_PROVISIONER_VERSION" ;;
+      csi-attacher) ver="$CSI_ATTACHER_VERSION" ;;
+      csi-resizer) ver="$CSI_RESIZER_VERSION" ;;
+      *) ver="$CSI_SNAPSHOTTER_VERSION" ;;
+    esac
+    h="$(printf '%s' "$name:$ver" | cat - "$bin" "$IMG_DIR/build-oci.sh" "$IMG_DIR/mkrootfs.sh" | sha256sum | cut -c1-16)"
+    tar="$OUT/$name-$h.tar"
+    if [ ! -f "$tar" ]; then
+      work="$(mktemp -d)"
+      "$IMG_DIR/mkrootfs.sh" "$work/rootfs" --dest / "$bin"
+      "$IMG_DIR/build-oci.sh" "$CSI_IMAGE_PREFIX/$name:$ver" "$work/rootfs" "$tar" "/$name" >&2
+      rm -rf "$work"
+    fi
+    echo "$name $tar"
+  done
+}
+
 if [ $# -eq 0 ]; then
   set -- pause busybox
   [ -x "$CACHE/coredns-$COREDNS_VERSION/bin/coredns" ] && set -- "$@" coredns
+  [ -f "$CACHE/csi-sidecars-$CSI_SIDECARS_KEY/.complete" ] && set -- "$@" sidecars
 fi
 for img in "$@"; do
   case "$img" in
-    pause|busybox|coredns) "$img" ;;
+    pause|busybox|coredns|sidecars) "$img" ;;
     *) echo "build-images.sh: unknown image $img" >&2; exit 2 ;;
   esac
 done

@@ -184,7 +184,7 @@ async fn register(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bo
                 tracing::info!(layout = r.layout_version, joined = r.joined, via = %target, "registered with the cluster");
                 return;
             }
-            Err(e) if attempt % 10 == 0 => {
+            Err(e) if attempt.is_multiple_of(10) => {
                 tracing::warn!(via = %target, error = %e, "still trying to join the cluster")
             }
             Err(e) => tracing::debug!(via = %target, error = %e, "join attempt failed"),

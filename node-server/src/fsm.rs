@@ -10,11 +10,11 @@ use crate::sm::{Reader, Tbl, Writer};
 use crate::types::{Command, NodeRecord, RefusalCode, Response, VolumeInfo};
 use ringfs_core::fs::{
     Attr, ChunkSlice, DirEntry, FileKind, FsError, FsOp, FsReply, FsResult, SetAttr, StatFs,
-    MAX_READDIR,
+    XattrMode, MAX_READDIR, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use ringfs_core::layout::{Layout, NodeSpec};
 use ringfs_core::names::{split_path, validate_file_name, validate_volume_name, MAX_NAME_LEN};
-use ringfs_core::slice::{Slice, CHUNK_SIZE};
+use ringfs_core::slice::{BlockRef, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE};
 use ringfs_core::{BlockId, Ino, VolumeId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::ops::Bound;
@@ -62,6 +62,10 @@ fn k_dentry(vol: VolumeId, parent: Ino, name: &[u8]) -> Vec<u8> {
     let mut k = k_inode(vol, parent);
     k.extend_from_slice(name);
     k
+}
+/// Marks an unlinked-but-open inode, so a sweep can find orphans whose client died.
+fn k_orphan(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    [b"orphan/".as_slice(), &k_u64(vol), &k_u64(ino)].concat()
 }
 fn k_chunk(vol: VolumeId, ino: Ino, chunk: u64) -> Vec<u8> {
     [k_u64(vol), k_u64(ino), k_u64(chunk)].concat()
@@ -279,6 +283,33 @@ pub fn query(r: &impl Reader, vol: VolumeId, op: &FsOp) -> Result<FsResult> {
             }
             Err(e) => Err(e),
         },
+        FsOp::GetXattr { ino, name } => {
+            if let Err(e) = check_xattr_name(name) {
+                return Ok(Err(e));
+            }
+            if let Err(e) = need_inode(r, vol, *ino)? {
+                return Ok(Err(e));
+            }
+            match r.get(Tbl::Xattrs, &k_dentry(vol, *ino, name))? {
+                Some(v) => Ok(FsReply::Xattr(v)),
+                None => Err(FsError::NoXattr),
+            }
+        }
+        FsOp::ListXattr { ino } => {
+            if let Err(e) = need_inode(r, vol, *ino)? {
+                return Ok(Err(e));
+            }
+            let prefix = k_inode(vol, *ino);
+            let rows = r.scan(
+                Tbl::Xattrs,
+                Bound::Included(&prefix),
+                &prefix_end(&prefix),
+                usize::MAX,
+            )?;
+            Ok(FsReply::XattrNames(
+                rows.into_iter().map(|(k, _)| k[16..].to_vec()).collect(),
+            ))
+        }
         FsOp::StatFs => Ok(FsReply::StatFs(StatFs {
             capacity_bytes: volume.info.capacity,
             used_bytes: volume.info.used_bytes,
@@ -488,6 +519,19 @@ fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
             return Ok(Response::Purged { remaining: true });
         }
     }
+    let orphans = [b"orphan/".as_slice(), &prefix].concat();
+    let rows = w.scan(
+        Tbl::Sys,
+        Bound::Included(&orphans),
+        &prefix_end(&orphans),
+        budget,
+    )?;
+    for (k, _) in &rows {
+        w.del(Tbl::Sys, k)?;
+    }
+    if rows.len() == budget {
+        return Ok(Response::Purged { remaining: true });
+    }
     w.del(Tbl::Deleting, &prefix)?;
     Ok(Response::Purged { remaining: false })
 }
@@ -623,32 +667,29 @@ fn check_quota(vol: &VolumeRec, grow: u64) -> FsRes<()> {
 }
 
 /// Removes the dentry `parent/name` pointing at `rec` and drops the inode when its last
-/// link goes. The caller has validated everything.
+/// link goes — unless `keep_open` and it is a file, which then stays as an orphan (nlink
+/// 0) until [`FsOp::Forget`]. The caller has validated everything.
 fn unlink_inode(
     w: &impl Writer,
     vol: &mut VolumeRec,
     parent: Ino,
     name: &[u8],
     mut rec: InodeRec,
+    keep_open: bool,
     now: i64,
 ) -> Result<()> {
     let id = vol.info.id;
     w.del(Tbl::Dentries, &k_dentry(id, parent, name))?;
     let is_dir = rec.attr.kind == FileKind::Dir;
     if is_dir || rec.attr.nlink <= 1 {
-        drop_chunks(w, id, rec.attr.ino, 0)?;
-        let xprefix = k_inode(id, rec.attr.ino);
-        for (k, _) in w.scan(
-            Tbl::Xattrs,
-            Bound::Included(&xprefix),
-            &prefix_end(&xprefix),
-            usize::MAX,
-        )? {
-            w.del(Tbl::Xattrs, &k)?;
+        if keep_open && rec.attr.kind == FileKind::File {
+            rec.attr.nlink = 0;
+            rec.attr.ctime_ns = now;
+            put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+            w.put(Tbl::Sys, &k_orphan(id, rec.attr.ino), &[])?;
+            return Ok(());
         }
-        w.del(Tbl::Inodes, &k_inode(id, rec.attr.ino))?;
-        vol.info.used_bytes = vol.info.used_bytes.saturating_sub(rec.attr.size);
-        vol.info.used_inodes = vol.info.used_inodes.saturating_sub(1);
+        drop_inode(w, vol, rec)?;
         if is_dir {
             if let Some(mut p) = inode(w, id, parent)? {
                 p.attr.nlink = p.attr.nlink.saturating_sub(1);
@@ -659,6 +700,137 @@ fn unlink_inode(
         rec.attr.nlink -= 1;
         rec.attr.ctime_ns = now;
         put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
+    }
+    Ok(())
+}
+
+/// Deletes an inode with its chunks (their blocks go to GC), xattrs and orphan mark.
+fn drop_inode(w: &impl Writer, vol: &mut VolumeRec, rec: InodeRec) -> Result<()> {
+    let id = vol.info.id;
+    drop_chunks(w, id, rec.attr.ino, 0)?;
+    let xprefix = k_inode(id, rec.attr.ino);
+    for (k, _) in w.scan(
+        Tbl::Xattrs,
+        Bound::Included(&xprefix),
+        &prefix_end(&xprefix),
+        usize::MAX,
+    )? {
+        w.del(Tbl::Xattrs, &k)?;
+    }
+    w.del(Tbl::Inodes, &k_inode(id, rec.attr.ino))?;
+    w.del(Tbl::Sys, &k_orphan(id, rec.attr.ino))?;
+    vol.info.used_bytes = vol.info.used_bytes.saturating_sub(rec.attr.size);
+    vol.info.used_inodes = vol.info.used_inodes.saturating_sub(1);
+    Ok(())
+}
+
+fn unlink(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    parent: Ino,
+    name: &[u8],
+    keep_open: bool,
+    now: i64,
+) -> Result<FsResult> {
+    let id = vol.info.id;
+    if let Err(e) = need_dir(w, id, parent)? {
+        return Ok(Err(e));
+    }
+    let Some(d) = lookup(w, id, parent, name)? else {
+        return Ok(Err(FsError::NotFound));
+    };
+    if d.kind == FileKind::Dir {
+        return Ok(Err(FsError::IsDir));
+    }
+    let rec = match need_inode(w, id, d.ino)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    unlink_inode(w, vol, parent, name, rec, keep_open, now)?;
+    if let Some(dir) = inode(w, id, parent)? {
+        touch_dir(w, id, dir, now, 0)?;
+    }
+    Ok(Ok(FsReply::Done))
+}
+
+/// Places an append at the file's current size: one slice per chunk the data spans, each
+/// referencing only the blocks it shows.
+fn append(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    ino: Ino,
+    blocks: Vec<BlockRef>,
+    len: u64,
+    now: i64,
+) -> Result<FsResult> {
+    let data_len: u64 = blocks.iter().map(|b| u64::from(b.len)).sum();
+    if len == 0
+        || data_len < len
+        || blocks.iter().any(|b| b.len == 0 || b.len > MAX_BLOCK_SIZE)
+    {
+        return Ok(Err(FsError::Invalid(format!(
+            "append of {len} bytes over {} blocks holding {data_len} bytes is malformed",
+            blocks.len()
+        ))));
+    }
+    let start = match need_inode(w, vol.info.id, ino)? {
+        Ok(r) => r.attr.size,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(end) = start.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE) else {
+        return Ok(Err(FsError::Invalid(format!(
+            "files are at most {MAX_FILE_SIZE} bytes"
+        ))));
+    };
+    let mut slices = Vec::new();
+    let mut off = start;
+    let mut data_off = 0u64;
+    while off < end {
+        let pos = off % CHUNK_SIZE;
+        let n = (CHUNK_SIZE - pos).min(end - off);
+        let (skip, sub) = sub_blocks(&blocks, data_off, n);
+        slices.push(ChunkSlice {
+            chunk: off / CHUNK_SIZE,
+            slice: Slice {
+                pos: pos as u32,
+                len: n as u32,
+                skip,
+                blocks: sub,
+            },
+        });
+        off += n;
+        data_off += n;
+    }
+    write_slices(w, vol, ino, slices, end, now)
+}
+
+/// The blocks covering bytes `[from, from + len)` of the concatenation of `blocks`, and
+/// the offset of `from` inside the first of them.
+fn sub_blocks(blocks: &[BlockRef], from: u64, len: u64) -> (u32, Vec<BlockRef>) {
+    let mut out = Vec::new();
+    let mut skip = 0u32;
+    let mut start = 0u64;
+    for b in blocks {
+        let end = start + u64::from(b.len);
+        if end > from && start < from + len {
+            if out.is_empty() {
+                skip = (from - start) as u32;
+            }
+            out.push(*b);
+        }
+        start = end;
+    }
+    (skip, out)
+}
+
+fn check_xattr_name(name: &[u8]) -> FsRes<()> {
+    if name.is_empty() || name.contains(&0) {
+        return Err(FsError::Invalid(
+            "extended attribute names are 1-255 bytes without NUL".into(),
+        ));
+    }
+    if name.len() > MAX_XATTR_NAME {
+        return Err(FsError::Range);
     }
     Ok(())
 }
@@ -796,7 +968,12 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             ensure!(check_name(&new_name));
             let mut rec = tryfs!(need_inode(w, id, ino));
             if rec.attr.kind == FileKind::Dir {
-                return Ok(Err(FsError::PermissionDenied));
+                return Ok(Err(FsError::NotPermitted));
+            }
+            if rec.attr.nlink == 0 {
+                // An unlinked file still open somewhere cannot get a name back (linkat
+                // of an O_TMPFILE-like orphan is not supported).
+                return Ok(Err(FsError::NotFound));
             }
             let dir = tryfs!(need_dir(w, id, new_parent));
             if lookup(w, id, new_parent, &new_name)?.is_some() {
@@ -817,19 +994,53 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             touch_dir(w, id, dir, now, 0)?;
             Ok(Ok(FsReply::Attr(rec.attr)))
         }
-        FsOp::Unlink { parent, name } => {
-            let dir = tryfs!(need_dir(w, id, parent));
-            let Some(d) = lookup(w, id, parent, &name)? else {
-                return Ok(Err(FsError::NotFound));
+        FsOp::Unlink { parent, name } => unlink(w, vol, parent, &name, false, now),
+        FsOp::UnlinkOpen { parent, name } => unlink(w, vol, parent, &name, true, now),
+        FsOp::Forget { ino } => {
+            let Some(rec) = inode(w, id, ino)? else {
+                return Ok(Ok(FsReply::Done));
             };
-            if d.kind == FileKind::Dir {
-                return Ok(Err(FsError::IsDir));
+            if rec.attr.nlink == 0 && rec.attr.kind == FileKind::File {
+                drop_inode(w, vol, rec)?;
             }
-            let rec = tryfs!(need_inode(w, id, d.ino));
-            unlink_inode(w, vol, parent, &name, rec, now)?;
-            if let Some(dir) = inode(w, id, dir.attr.ino)? {
-                touch_dir(w, id, dir, now, 0)?;
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::Append { ino, blocks, len } => append(w, vol, ino, blocks, len, now),
+        FsOp::SetXattr {
+            ino,
+            name,
+            value,
+            mode,
+        } => {
+            ensure!(check_xattr_name(&name));
+            if value.len() > MAX_XATTR_VALUE {
+                return Ok(Err(FsError::Invalid(format!(
+                    "extended attribute values are at most {MAX_XATTR_VALUE} bytes"
+                ))));
             }
+            let mut rec = tryfs!(need_inode(w, id, ino));
+            let key = k_dentry(id, ino, &name);
+            let exists = w.get(Tbl::Xattrs, &key)?.is_some();
+            match mode {
+                XattrMode::Create if exists => return Ok(Err(FsError::Exists)),
+                XattrMode::Replace if !exists => return Ok(Err(FsError::NoXattr)),
+                _ => {}
+            }
+            w.put(Tbl::Xattrs, &key, &value)?;
+            rec.attr.ctime_ns = now;
+            put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::RemoveXattr { ino, name } => {
+            ensure!(check_xattr_name(&name));
+            let mut rec = tryfs!(need_inode(w, id, ino));
+            let key = k_dentry(id, ino, &name);
+            if w.get(Tbl::Xattrs, &key)?.is_none() {
+                return Ok(Err(FsError::NoXattr));
+            }
+            w.del(Tbl::Xattrs, &key)?;
+            rec.attr.ctime_ns = now;
+            put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
             Ok(Ok(FsReply::Done))
         }
         FsOp::Rmdir { parent, name } => {
@@ -844,7 +1055,7 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
                 return Ok(Err(FsError::NotEmpty));
             }
             let rec = tryfs!(need_inode(w, id, d.ino));
-            unlink_inode(w, vol, parent, &name, rec, now)?;
+            unlink_inode(w, vol, parent, &name, rec, false, now)?;
             if let Some(dir) = inode(w, id, parent)? {
                 touch_dir(w, id, dir, now, 0)?;
             }
@@ -896,7 +1107,7 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             // All checks passed: mutate.
             if let Some(d) = dst {
                 let rec = tryfs!(need_inode(w, id, d.ino));
-                unlink_inode(w, vol, new_parent, &new_name, rec, now)?;
+                unlink_inode(w, vol, new_parent, &new_name, rec, false, now)?;
             }
             w.del(Tbl::Dentries, &k_dentry(id, parent, &name))?;
             put(w, Tbl::Dentries, &k_dentry(id, new_parent, &new_name), &src)?;

@@ -39,18 +39,9 @@ async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
         (ids, addrs, fsm::deleting_volumes(&tx)?)
     };
     for id in deleting {
-        loop {
-            match node
-                .write(Command::PurgeVolume {
-                    id,
-                    limit: PURGE_BATCH,
-                })
-                .await?
-            {
-                Response::Purged { remaining: true } => continue,
-                _ => break,
-            }
-        }
+        while let Response::Purged { remaining: true } =
+            node.write(Command::PurgeVolume { id, limit: PURGE_BATCH }).await?
+        {}
         tracing::info!(volume = id, "deleted volume purged");
     }
     if ids.is_empty() {

@@ -4,6 +4,10 @@
 //! openraft is told it is persisted; openraft already batches concurrent proposals into
 //! one append, so one fsync covers many commands.
 
+// openraft's trait methods return its StorageError by value; boxing it here would only
+// move the allocation.
+#![allow(clippy::result_large_err)]
+
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};

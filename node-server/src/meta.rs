@@ -127,7 +127,7 @@ impl MetaService for MetaServer {
         req: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesReply>, Status> {
         route!(self, req, list_volumes);
-        let vols = self.read(|tx| fsm::list_volumes(tx)).await?;
+        let vols = self.read(fsm::list_volumes).await?;
         Ok(Response::new(ListVolumesReply {
             volumes: vols.into_iter().map(volume_msg).collect(),
         }))

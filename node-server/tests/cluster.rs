@@ -278,7 +278,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         matches!(e, ClientError::Fs(FsError::QuotaExceeded { .. })),
         "{e}"
     );
-    assert_eq!(e.to_string().contains("quota"), true, "{e}");
+    assert!(e.to_string().contains("quota"), "{e}");
     assert_eq!(
         get_bytes(&vol, "/keep").await.expect("keep"),
         content(1, 6 * MIB)

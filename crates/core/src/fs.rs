@@ -5,7 +5,7 @@
 //! state machine cannot disagree about an operation's fields.
 
 use crate::ids::{Ino, VolumeId};
-use crate::slice::Slice;
+use crate::slice::{BlockRef, Slice};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -145,7 +145,63 @@ pub enum FsOp {
         slices: Vec<ChunkSlice>,
         min_size: u64,
     },
+    // ---- added with format 1, appended so that earlier variants keep their tags ----
+    /// Appends `len` bytes, the concatenation of `blocks`, at the file's size *as of the
+    /// commit*, so concurrent appenders on different mounts never overwrite each other.
+    /// Replies with the new attributes; the data starts at `size - len`.
+    Append {
+        ino: Ino,
+        blocks: Vec<BlockRef>,
+        len: u64,
+    },
+    /// The value of extended attribute `name`.
+    GetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    /// The names of every extended attribute of `ino`.
+    ListXattr {
+        ino: Ino,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    /// Unlinks `parent/name`, but when that drops the last link of a file that a client
+    /// still holds open, keeps the inode (nlink 0, listed as an orphan) until
+    /// [`FsOp::Forget`] so the open handles keep reading and writing it.
+    UnlinkOpen {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    /// The last open handle of `ino` went away: drop it if it is an orphan (nlink 0).
+    /// A no-op for linked inodes, so it is safe to send on every last close.
+    Forget {
+        ino: Ino,
+    },
 }
+
+/// How [`FsOp::SetXattr`] treats an existing / missing attribute (setxattr(2) flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Any,
+    /// Fail with [`FsError::Exists`] when it exists (`XATTR_CREATE`).
+    Create,
+    /// Fail with [`FsError::NoXattr`] when it is missing (`XATTR_REPLACE`).
+    Replace,
+}
+
+/// Longest extended-attribute name (Linux's XATTR_NAME_MAX).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest extended-attribute value (Linux's XATTR_SIZE_MAX).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 
 impl FsOp {
     pub fn is_read(&self) -> bool {
@@ -158,6 +214,8 @@ impl FsOp {
                 | FsOp::ReadLink { .. }
                 | FsOp::ReadChunk { .. }
                 | FsOp::StatFs
+                | FsOp::GetXattr { .. }
+                | FsOp::ListXattr { .. }
         )
     }
 }
@@ -177,6 +235,10 @@ pub enum FsReply {
     Link(Vec<u8>),
     Chunk { attr: Attr, slices: Vec<Slice> },
     StatFs(StatFs),
+    /// An extended attribute's value.
+    Xattr(Vec<u8>),
+    /// Extended attribute names, in name order.
+    XattrNames(Vec<Vec<u8>>),
 }
 
 /// File-system errors; each maps to one errno.
@@ -208,6 +270,12 @@ pub enum FsError {
     NoVolume(VolumeId),
     #[error("cannot move a directory into itself")]
     Loop,
+    #[error("no such extended attribute")]
+    NoXattr,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("extended attribute name too long (at most 255 bytes)")]
+    Range,
 }
 
 impl FsError {
@@ -222,6 +290,9 @@ impl FsError {
             FsError::Invalid(_) | FsError::Loop => 22,     // EINVAL
             FsError::QuotaExceeded { .. } => 122,          // EDQUOT
             FsError::PermissionDenied => 13,               // EACCES
+            FsError::NoXattr => 61,                        // ENODATA
+            FsError::NotPermitted => 1,                    // EPERM
+            FsError::Range => 34,                          // ERANGE
         }
     }
 }

@@ -219,6 +219,7 @@ pub fn chunk_ranges(offset: u64, len: u64) -> Vec<(u64, u32, u32)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
 
     /// Oracle: paint every slice onto a byte array, oldest first. Each byte records
     /// (block id as u128, offset in block) or None for zeros.

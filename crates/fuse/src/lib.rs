@@ -1,1 +1,125 @@
-//! The ringfs POSIX file system through FUSE (in progress: see issue #3).
+//! The ringfs POSIX file system through FUSE: [`mount`] a volume on a directory.
+//!
+//! See [`fs`] for the consistency model (local-disk semantics inside one mount,
+//! close-to-open across mounts) and the write path.
+
+pub mod extents;
+pub mod fs;
+pub mod io;
+
+use fuser::{Config, MountOption, SessionACL};
+use ringfs_client::Vol;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// Mount settings.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// How long the kernel may cache attributes (bounds staleness across mounts).
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache name lookups.
+    pub entry_ttl: Duration,
+    /// FUSE request threads.
+    pub threads: usize,
+    /// Let other users than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+    pub read_only: bool,
+    /// A file's buffered writes are committed once this many bytes are pending.
+    pub flush_threshold: usize,
+    /// Largest write request the kernel sends.
+    pub max_write: u32,
+    pub max_readahead: u32,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            threads: 8,
+            allow_other: false,
+            read_only: false,
+            flush_threshold: 16 << 20,
+            max_write: 1 << 20,
+            max_readahead: 1 << 20,
+        }
+    }
+}
+
+/// A mounted volume; dropping it unmounts.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    dir: PathBuf,
+}
+
+impl Mount {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts (fails with EBUSY while files are in use) and waits for the session.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the file system is unmounted from outside (`ringfs umount`).
+    pub fn join(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.join(),
+            None => Ok(()),
+        }
+    }
+
+    /// True once the session thread has ended (unmounted from outside).
+    pub fn is_finished(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|s| s.guard.is_finished())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if let Err(e) = s.umount_and_join() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "unmount failed");
+            }
+        }
+    }
+}
+
+/// Mounts `vol` on `dir`. FUSE requests run on `opts.threads` threads and call the
+/// cluster through `rt` (which must not be driven by those threads: any multi-threaded
+/// tokio runtime works).
+pub fn mount(vol: Vol, dir: &Path, opts: MountOptions, rt: Handle) -> std::io::Result<Mount> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("ringfs:{}", vol.name)),
+        MountOption::Subtype("ringfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let fs = fs::RingFs::new(vol, rt, opts);
+    let notifier = fs.notifier.clone();
+    let session = fuser::Session::new(fs, dir, &config)?;
+    let _ = notifier.set(session.notifier());
+    Ok(Mount {
+        session: Some(session.spawn()?),
+        dir: dir.to_path_buf(),
+    })
+}

@@ -1,0 +1,1005 @@
+//! The [`fuser::Filesystem`] over a ringfs volume.
+//!
+//! FUSE inode numbers are ringfs inode numbers (the root is 1 in both), so no mapping
+//! table exists and nothing leaks when the kernel forgets inodes.
+//!
+//! Writes are buffered per *inode* (not per handle) in this mount, so every handle of
+//! the mount sees every other handle's writes, as on a local disk. Buffered data is
+//! uploaded as immutable blocks and committed in one Raft command on flush (each
+//! close), fsync, release, before a truncate, or when [`MountOptions::flush_threshold`]
+//! bytes are dirty. Across mounts the promise is close-to-open: a file closed on one
+//! mount is fully visible to an open on another, because close commits and open drops
+//! the kernel's cached attributes and pages of the file.
+//!
+//! Handles opened with `O_APPEND` buffer into a separate queue committed with
+//! [`FsOp::Append`], which the state machine places at the file size *at commit*, so
+//! appenders on different mounts never overwrite each other.
+
+use crate::extents::Extents;
+use crate::io;
+use crate::MountOptions;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use ringfs_client::{ClientError, Vol};
+use ringfs_core::fs::{
+    Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR,
+};
+use ringfs_core::Ino;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::runtime::Handle;
+
+/// Longest file name component (as in the state machine).
+const NAME_MAX: usize = 255;
+/// File capabilities are not supported: answering this xattr locally saves a metadata
+/// round trip on every write (the kernel asks for it before each one).
+const XATTR_CAPS: &[u8] = b"security.capability";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The errno for a failed client call.
+pub fn errno(e: &ClientError) -> Errno {
+    match e {
+        ClientError::Fs(f) => Errno::from_i32(f.errno()),
+        ClientError::Invalid(_) => Errno::EINVAL,
+        ClientError::Rejected(s) => match s.code() {
+            tonic::Code::InvalidArgument => Errno::EINVAL,
+            tonic::Code::NotFound => Errno::ENOENT,
+            tonic::Code::ResourceExhausted => Errno::ENOSPC,
+            tonic::Code::PermissionDenied => Errno::EACCES,
+            _ => Errno::EIO,
+        },
+        ClientError::Unavailable(_) | ClientError::Blocks(_) | ClientError::Protocol(_) => {
+            Errno::EIO
+        }
+    }
+}
+
+/// Buffered state of one inode in this mount.
+#[derive(Default)]
+struct FileState {
+    dirty: Extents,
+    /// Bytes written through `O_APPEND` handles, placed at commit time.
+    append: Vec<u8>,
+    /// Open handles of this mount.
+    open: u32,
+    /// Unlinked while open: the state machine keeps it until [`FsOp::Forget`].
+    orphan: bool,
+    /// A flush triggered by a write failed and lost buffered data; the next flush,
+    /// fsync or close reports it (as a local file system reports writeback errors).
+    error: Option<Errno>,
+}
+
+impl FileState {
+    fn is_idle(&self) -> bool {
+        self.open == 0 && self.dirty.is_empty() && self.append.is_empty()
+    }
+    fn pending(&self) -> usize {
+        self.dirty.bytes() + self.append.len()
+    }
+}
+
+struct OpenFile {
+    /// Opened with `O_APPEND`: writes go to the append queue, ignoring their offset.
+    append: bool,
+}
+
+pub struct RingFs {
+    vol: Vol,
+    rt: Handle,
+    opts: MountOptions,
+    files: Mutex<HashMap<Ino, Arc<Mutex<FileState>>>>,
+    handles: Mutex<HashMap<u64, OpenFile>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Set once the session exists; used to drop stale kernel caches at open.
+    pub(crate) notifier: Arc<OnceLock<Notifier>>,
+}
+
+fn to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn from_time(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: to_time(a.atime_ns),
+        mtime: to_time(a.mtime_ns),
+        ctime: to_time(a.ctime_ns),
+        crtime: to_time(a.ctime_ns),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn check_name(name: &OsStr) -> Result<Vec<u8>, Errno> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(b.to_vec())
+}
+
+fn want_attr(r: FsReply) -> Result<Attr, Errno> {
+    match r {
+        FsReply::Attr(a) => Ok(a),
+        _ => Err(Errno::EIO),
+    }
+}
+
+impl RingFs {
+    pub fn new(vol: Vol, rt: Handle, opts: MountOptions) -> RingFs {
+        RingFs {
+            vol,
+            rt,
+            opts,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn op(&self, op: FsOp) -> Result<FsReply, Errno> {
+        self.rt.block_on(self.vol.fs(op)).map_err(|e| {
+            if !matches!(e, ClientError::Fs(_)) {
+                tracing::warn!(error = %e, "metadata call failed");
+            }
+            errno(&e)
+        })
+    }
+
+    fn file(&self, ino: Ino) -> Arc<Mutex<FileState>> {
+        lock(&self.files).entry(ino).or_default().clone()
+    }
+
+    fn file_if(&self, ino: Ino) -> Option<Arc<Mutex<FileState>>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// Drops the state of `ino` when nothing refers to it any more.
+    fn reap(&self, ino: Ino) {
+        let mut files = lock(&self.files);
+        if let Some(f) = files.get(&ino) {
+            if lock(f).is_idle() {
+                files.remove(&ino);
+            }
+        }
+    }
+
+    /// Commits everything buffered for `ino`, positional writes before appends (a
+    /// write switches between the two kinds only after flushing the other).
+    fn flush_state(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
+        if !st.dirty.is_empty() {
+            let ext = st.dirty.take();
+            self.rt
+                .block_on(io::commit_extents(&self.vol, ino, ext))
+                .map_err(|e| {
+                    tracing::warn!(ino, error = %e, "committing buffered writes failed");
+                    errno(&e)
+                })?;
+        }
+        if !st.append.is_empty() {
+            let data = std::mem::take(&mut st.append);
+            self.rt
+                .block_on(io::commit_append(&self.vol, ino, data))
+                .map_err(|e| {
+                    tracing::warn!(ino, error = %e, "committing appends failed");
+                    errno(&e)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and reports (once) an earlier write-back failure.
+    fn flush_ino(&self, ino: Ino) -> Result<(), Errno> {
+        let Some(f) = self.file_if(ino) else {
+            return Ok(());
+        };
+        let mut st = lock(&f);
+        let res = self.flush_state(ino, &mut st);
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => res,
+        }
+    }
+
+    /// The attributes as this mount sees them: committed plus buffered data.
+    fn local_attr(&self, mut a: Attr) -> Attr {
+        if a.kind == FileKind::File {
+            if let Some(f) = self.file_if(a.ino) {
+                let st = lock(&f);
+                a.size = a.size.max(st.dirty.end()) + st.append.len() as u64;
+            }
+        }
+        a
+    }
+
+    fn getattr_ino(&self, ino: Ino) -> Result<Attr, Errno> {
+        let a = want_attr(self.op(FsOp::GetAttr { ino })?)?;
+        Ok(self.local_attr(a))
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<FsReply, Errno>) {
+        match r.and_then(want_attr) {
+            Ok(a) => {
+                let a = self.local_attr(a);
+                reply.entry(&self.opts.entry_ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn new_handle(&self, ino: Ino, flags: i32) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(
+            fh,
+            OpenFile {
+                append: flags & libc::O_APPEND != 0,
+            },
+        );
+        let f = self.file(ino);
+        let first = {
+            let mut st = lock(&f);
+            st.open += 1;
+            st.open == 1
+        };
+        if first {
+            // Close-to-open: forget cached attributes (and pages) so the size and data
+            // committed by other mounts since the kernel cached them are seen.
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+            }
+        }
+        fh
+    }
+
+    fn read_dir_all(&self, ino: Ino) -> Result<Vec<DirEntry>, Errno> {
+        let mut out = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            match self.op(FsOp::ReadDir {
+                ino,
+                after: after.clone(),
+                limit: MAX_READDIR,
+            })? {
+                FsReply::Entries { entries, more } => {
+                    if let Some(last) = entries.last() {
+                        after = last.name.clone();
+                    }
+                    let done = !more || entries.is_empty();
+                    out.extend(entries);
+                    if done {
+                        return Ok(out);
+                    }
+                }
+                _ => return Err(Errno::EIO),
+            }
+        }
+    }
+
+    /// True when some file of this mount is open (unlink then needs a lookup).
+    fn any_open(&self) -> bool {
+        lock(&self.files).values().any(|f| lock(f).open > 0)
+    }
+}
+
+impl fuser::Filesystem for RingFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(self.opts.max_write);
+        let _ = config.set_max_background(64);
+        if let Err(max) = config.set_max_readahead(self.opts.max_readahead) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let inos: Vec<Ino> = lock(&self.files).keys().copied().collect();
+        for ino in inos {
+            if let Err(e) = self.flush_ino(ino) {
+                tracing::warn!(ino, error = ?e, "unflushed data at unmount");
+            }
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Lookup {
+            parent: parent.0,
+            name,
+        });
+        self.entry(reply, r)
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_ino(ino.0) {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = ino.0;
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime_ns: atime.map(from_time),
+            mtime_ns: mtime.map(from_time),
+        };
+        // Hold the file's buffer across the truncate so no write slips in between.
+        let f = size.map(|_| self.file(ino));
+        let mut guard = f.as_ref().map(|f| lock(f));
+        if let Some(st) = guard.as_deref_mut() {
+            if let Err(e) = self.flush_state(ino, st) {
+                return reply.error(e);
+            }
+        }
+        let r = self.op(FsOp::SetAttr { ino, set }).and_then(want_attr);
+        drop(guard);
+        if f.is_some() {
+            self.reap(ino);
+        }
+        match r {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &file_attr(&self.local_attr(a))),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.op(FsOp::ReadLink { ino: ino.0 }) {
+            Ok(FsReply::Link(t)) => reply.data(&t),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            // Device nodes, FIFOs and sockets are not stored by ringfs.
+            return reply.error(Errno::EPERM);
+        }
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Create {
+            parent: parent.0,
+            name,
+            mode: mode & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            exclusive: true,
+        });
+        self.entry(reply, r)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Mkdir {
+            parent: parent.0,
+            name,
+            mode: mode & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        self.entry(reply, r)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let parent = parent.0;
+        // A file open in this mount must outlive its last name until its last close.
+        let open_target = if self.any_open() {
+            match self.op(FsOp::Lookup {
+                parent,
+                name: name.clone(),
+            }) {
+                Ok(FsReply::Attr(a)) => self
+                    .file_if(a.ino)
+                    .filter(|f| lock(f).open > 0)
+                    .map(|f| (a.ino, f)),
+                Ok(_) => return reply.error(Errno::EIO),
+                Err(e) => return reply.error(e),
+            }
+        } else {
+            None
+        };
+        match open_target {
+            Some((_, f)) => {
+                let mut st = lock(&f);
+                match self.op(FsOp::UnlinkOpen { parent, name }) {
+                    Ok(_) => {
+                        st.orphan = true;
+                        reply.ok()
+                    }
+                    Err(e) => reply.error(e),
+                }
+            }
+            None => match self.op(FsOp::Unlink { parent, name }) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.op(FsOp::Rmdir {
+            parent: parent.0,
+            name,
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = match check_name(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Symlink {
+            parent: parent.0,
+            name,
+            target: target.as_os_str().as_bytes().to_vec(),
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        self.entry(reply, r)
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let (name, new_name) = match (check_name(name), check_name(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        match self.op(FsOp::Rename {
+            parent: parent.0,
+            name,
+            new_parent: newparent.0,
+            new_name,
+            no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let new_name = match check_name(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Link {
+            ino: ino.0,
+            new_parent: newparent.0,
+            new_name,
+        });
+        self.entry(reply, r)
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.new_handle(ino.0, flags.0);
+        reply.opened(FileHandle(fh), FopenFlags::empty())
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let ino = ino.0;
+        let f = self.file_if(ino);
+        // Holding the buffer lock makes the read atomic with respect to this mount's
+        // writes to the file.
+        let mut guard = f.as_ref().map(|f| lock(f));
+        if let Some(st) = guard.as_deref_mut() {
+            if !st.append.is_empty() {
+                if let Err(e) = self.flush_state(ino, st) {
+                    return reply.error(e);
+                }
+            }
+        }
+        let (mut data, committed) = match self.rt.block_on(io::read_committed(
+            &self.vol,
+            ino,
+            offset,
+            u64::from(size),
+        )) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(ino, offset, size, error = %e, "read failed");
+                return reply.error(errno(&e));
+            }
+        };
+        if let Some(st) = guard.as_deref() {
+            if !st.dirty.is_empty() {
+                let visible = committed.max(st.dirty.end());
+                let end = visible.min(offset + u64::from(size));
+                data.resize(end.saturating_sub(offset) as usize, 0);
+                st.dirty.overlay(offset, &mut data);
+            }
+        }
+        reply.data(&data)
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let ino = ino.0;
+        let append = match lock(&self.handles).get(&fh.0) {
+            Some(h) => h.append,
+            None => return reply.error(Errno::EBADF),
+        };
+        let f = self.file(ino);
+        let mut st = lock(&f);
+        if append {
+            if !st.dirty.is_empty() {
+                if let Err(e) = self.flush_state(ino, &mut st) {
+                    return reply.error(e);
+                }
+            }
+            st.append.extend_from_slice(data);
+        } else {
+            if !st.append.is_empty() {
+                if let Err(e) = self.flush_state(ino, &mut st) {
+                    return reply.error(e);
+                }
+            }
+            st.dirty.write(offset, data);
+        }
+        if st.pending() >= self.opts.flush_threshold {
+            if let Err(e) = self.flush_state(ino, &mut st) {
+                return reply.error(e);
+            }
+        }
+        reply.written(data.len() as u32)
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.flush_ino(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ino = ino.0;
+        lock(&self.handles).remove(&fh.0);
+        let res = self.flush_ino(ino);
+        if let Some(f) = self.file_if(ino) {
+            let forget = {
+                let mut st = lock(&f);
+                st.open = st.open.saturating_sub(1);
+                if st.open == 0 && st.orphan {
+                    st.orphan = false;
+                    true
+                } else {
+                    false
+                }
+            };
+            if forget {
+                if let Err(e) = self.op(FsOp::Forget { ino }) {
+                    tracing::warn!(ino, error = ?e, "dropping an unlinked file failed");
+                }
+            }
+            self.reap(ino);
+        }
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.flush_ino(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.read_dir_all(ino.0) {
+            Ok(entries) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                lock(&self.dirs).insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = lock(&self.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        // Offsets: 1 = ".", 2 = "..", 3.. = entries; each names the *next* position.
+        let mut pos = offset;
+        if pos == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            pos = 1;
+        }
+        if pos == 1 {
+            if reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            pos = 2;
+        }
+        for (i, e) in entries.iter().enumerate().skip((pos - 2) as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), i as u64 + 3, kind(e.kind), name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok()
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are committed in Raft before their call returns.
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BSIZE: u64 = 4096;
+        match self.op(FsOp::StatFs) {
+            Ok(FsReply::StatFs(s)) => {
+                let blocks = s.capacity_bytes / BSIZE;
+                let free = s.capacity_bytes.saturating_sub(s.used_bytes) / BSIZE;
+                let files = u64::from(u32::MAX);
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    files,
+                    files.saturating_sub(s.used_inodes),
+                    BSIZE as u32,
+                    NAME_MAX as u32,
+                    BSIZE as u32,
+                )
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if name.as_bytes() == XATTR_CAPS {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            XattrMode::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            XattrMode::Replace
+        } else {
+            XattrMode::Any
+        };
+        match self.op(FsOp::SetXattr {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            mode,
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name.as_bytes() == XATTR_CAPS {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        match self.op(FsOp::GetXattr {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+        }) {
+            Ok(FsReply::Xattr(v)) => xattr_reply(reply, size, &v),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.op(FsOp::ListXattr { ino: ino.0 }) {
+            Ok(FsReply::XattrNames(names)) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                xattr_reply(reply, size, &buf)
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if name.as_bytes() == XATTR_CAPS {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        match self.op(FsOp::RemoveXattr {
+            ino: ino.0,
+            name: name.as_bytes().to_vec(),
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let a = match self.getattr_ino(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(e),
+        };
+        if access_ok(&a, req.uid(), req.gid(), mask.bits()) {
+            reply.ok()
+        } else {
+            reply.error(Errno::EACCES)
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match check_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.op(FsOp::Create {
+            parent: parent.0,
+            name,
+            mode: mode & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            exclusive: flags & libc::O_EXCL != 0,
+        });
+        match r.and_then(want_attr) {
+            Ok(a) => {
+                if a.kind != FileKind::File {
+                    return reply.error(Errno::EISDIR);
+                }
+                let fh = self.new_handle(a.ino, flags);
+                let a = self.local_attr(a);
+                reply.created(
+                    &self.opts.entry_ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32)
+    } else if v.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE))
+    } else {
+        reply.data(v)
+    }
+}
+
+/// access(2) by mode bits; root may read and write anything and execute anything that
+/// has an execute bit (or is a directory).
+fn access_ok(a: &Attr, uid: u32, gid: u32, mask: i32) -> bool {
+    if mask == libc::F_OK {
+        return true;
+    }
+    let mode = a.mode;
+    if uid == 0 {
+        return mask & libc::X_OK == 0 || a.kind == FileKind::Dir || mode & 0o111 != 0;
+    }
+    let bits = if uid == a.uid {
+        (mode >> 6) & 7
+    } else if gid == a.gid {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    };
+    (mask as u32 & 7) & !bits == 0
+}

@@ -1,0 +1,194 @@
+//! Block upload and chunk reads for the mount, on top of [`Vol`]'s cluster connection.
+//!
+//! The write path uploads immutable blocks to a write quorum of their replicas *before*
+//! committing the slices that reference them, so a committed slice never points at a
+//! block that is not durable. Blocks of a failed commit are deleted best-effort; the
+//! cluster's orphan sweep removes what that misses.
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ringfs_client::cluster::LayoutView;
+use ringfs_client::files::{write_quorum, DOWNLOAD_PARALLELISM, UPLOAD_PARALLELISM};
+use ringfs_client::{ClientError, Cluster, Result, Vol};
+use ringfs_core::fs::{Attr, ChunkSlice, FsOp, FsReply};
+use ringfs_core::slice::{resolve, BlockRef, Piece, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE};
+use ringfs_core::{BlockId, Ino};
+
+fn expect_attr(r: FsReply) -> Result<Attr> {
+    match r {
+        FsReply::Attr(a) => Ok(a),
+        other => Err(ClientError::Protocol(format!(
+            "expected attributes, got {other:?}"
+        ))),
+    }
+}
+
+/// Uploads `blocks` (each at most [`MAX_BLOCK_SIZE`]) to a write quorum of their
+/// replicas, in order.
+pub async fn upload(vol: &Vol, blocks: Vec<Bytes>) -> Result<Vec<BlockRef>> {
+    let view = vol.cluster.layout().await?;
+    let rf = vol.replication as usize;
+    let quorum = write_quorum(rf);
+    stream::iter(blocks.into_iter().map(|data| {
+        let view = view.clone();
+        async move {
+            let id = BlockId::from_u128(rand::random());
+            let replicas = Cluster::write_replicas(&view, &id, rf)?;
+            vol.cluster.io.put(&replicas, id, data, quorum).await
+        }
+    }))
+    .buffered(UPLOAD_PARALLELISM)
+    .try_collect()
+    .await
+}
+
+/// Deletes blocks that were uploaded but never committed (best effort).
+pub async fn discard(vol: &Vol, refs: &[BlockRef]) {
+    let Ok(view) = vol.cluster.layout().await else {
+        return;
+    };
+    let ids: Vec<BlockId> = refs.iter().map(|b| b.id).collect();
+    for addr in view.addrs.values() {
+        let _ = vol.cluster.io.delete(addr, &ids).await;
+    }
+}
+
+fn split_blocks(data: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = rest.len().min(MAX_BLOCK_SIZE as usize);
+        out.push(rest.split_to(n));
+    }
+    out
+}
+
+/// Uploads positional extents and commits them in one [`FsOp::Write`]. Returns the
+/// file's attributes after the commit.
+pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -> Result<Attr> {
+    // (chunk, pos, len, block count) per slice; blocks flattened for one upload stream.
+    let mut layout = Vec::new();
+    let mut blocks = Vec::new();
+    let mut min_size = 0u64;
+    for (off, data) in extents {
+        let data = Bytes::from(data);
+        let len = data.len() as u64;
+        min_size = min_size.max(off + len);
+        let mut p = 0u64;
+        while p < len {
+            let abs = off + p;
+            let pos = abs % CHUNK_SIZE;
+            let n = (CHUNK_SIZE - pos).min(len - p);
+            let parts = split_blocks(data.slice(p as usize..(p + n) as usize));
+            layout.push((abs / CHUNK_SIZE, pos as u32, n as u32, parts.len()));
+            blocks.extend(parts);
+            p += n;
+        }
+    }
+    let refs = upload(vol, blocks).await?;
+    let mut slices = Vec::with_capacity(layout.len());
+    let mut next = 0;
+    for (chunk, pos, len, count) in layout {
+        slices.push(ChunkSlice {
+            chunk,
+            slice: Slice {
+                pos,
+                len,
+                skip: 0,
+                blocks: refs[next..next + count].to_vec(),
+            },
+        });
+        next += count;
+    }
+    let op = FsOp::Write {
+        ino,
+        slices,
+        min_size,
+    };
+    match vol.fs(op).await {
+        Ok(r) => expect_attr(r),
+        Err(e) => {
+            discard(vol, &refs).await;
+            Err(e)
+        }
+    }
+}
+
+/// Uploads `data` and appends it at the file's size as of the commit.
+pub async fn commit_append(vol: &Vol, ino: Ino, data: Vec<u8>) -> Result<Attr> {
+    let len = data.len() as u64;
+    let refs = upload(vol, split_blocks(Bytes::from(data))).await?;
+    match vol
+        .fs(FsOp::Append {
+            ino,
+            blocks: refs.clone(),
+            len,
+        })
+        .await
+    {
+        Ok(r) => expect_attr(r),
+        Err(e) => {
+            discard(vol, &refs).await;
+            Err(e)
+        }
+    }
+}
+
+async fn read_piece(vol: &Vol, view: &LayoutView, p: Piece) -> Result<Bytes> {
+    match p {
+        Piece::Zero { len, .. } => Ok(Bytes::from(vec![0u8; len as usize])),
+        Piece::Data {
+            len,
+            block,
+            block_off,
+            ..
+        } => {
+            let mut replicas = vol.cluster.read_replicas(view, &block.id);
+            if replicas.is_empty() {
+                let fresh = vol.cluster.refresh_layout().await?;
+                replicas = vol.cluster.read_replicas(&fresh, &block.id);
+            }
+            vol.cluster.io.get(&replicas, &block, block_off, len).await
+        }
+    }
+}
+
+/// Reads committed data of `ino` in `[off, off + size)`, stopping at the committed
+/// size. Returns the bytes and the committed size seen by the first chunk read.
+pub async fn read_committed(vol: &Vol, ino: Ino, off: u64, size: u64) -> Result<(Vec<u8>, u64)> {
+    let want_end = off.saturating_add(size);
+    let mut out = BytesMut::with_capacity(size as usize);
+    let mut committed: Option<u64> = None;
+    let mut pos = off;
+    loop {
+        let chunk = pos / CHUNK_SIZE;
+        let (attr, slices) = match vol.fs(FsOp::ReadChunk { ino, chunk }).await? {
+            FsReply::Chunk { attr, slices } => (attr, slices),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected chunk, got {other:?}"
+                )))
+            }
+        };
+        let csize = *committed.get_or_insert(attr.size);
+        if pos >= want_end || pos >= csize {
+            break;
+        }
+        let base = chunk * CHUNK_SIZE;
+        let end = want_end.min(csize).min(base + CHUNK_SIZE);
+        let pieces = resolve(&slices, (pos - base) as u32, (end - base) as u32);
+        let view = vol.cluster.layout().await?;
+        let parts: Vec<Bytes> = stream::iter(pieces.into_iter().map(|p| {
+            let view = view.clone();
+            async move { read_piece(vol, &view, p).await }
+        }))
+        .buffered(DOWNLOAD_PARALLELISM)
+        .try_collect()
+        .await?;
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        pos = end;
+    }
+    Ok((out.to_vec(), committed.unwrap_or(0)))
+}
