@@ -39,8 +39,12 @@ async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
         (ids, addrs, fsm::deleting_volumes(&tx)?)
     };
     for id in deleting {
-        while let Response::Purged { remaining: true } =
-            node.write(Command::PurgeVolume { id, limit: PURGE_BATCH }).await?
+        while let Response::Purged { remaining: true } = node
+            .write(Command::PurgeVolume {
+                id,
+                limit: PURGE_BATCH,
+            })
+            .await?
         {}
         tracing::info!(volume = id, "deleted volume purged");
     }
