@@ -57,7 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         election_timeout_min: config.election_timeout_ms,
         election_timeout_max: config.election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+        purge_batch_size: 256,
         ..Default::default()
     }
     .validate()

@@ -58,6 +58,10 @@ pub struct Config {
     /// Build a Raft snapshot (and purge the log) after this many new entries.
     #[arg(long, env = "RINGFS_SNAPSHOT_LOGS", default_value_t = 20_000)]
     pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
+    /// the log instead of receiving the whole snapshot.
+    #[arg(long, env = "RINGFS_SNAPSHOT_KEEP_LOGS", default_value_t = 1000)]
+    pub snapshot_keep_logs: u64,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

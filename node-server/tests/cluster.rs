@@ -369,3 +369,67 @@ async fn raft_commit_rate() {
         "every acknowledged mkdir is there"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_follower_catches_up_from_a_snapshot() {
+    let mut c =
+        TestCluster::start_with(3, &["--snapshot-logs", "50", "--snapshot-keep-logs", "5"]).await;
+    let vol = c.volume("data", 1 << 30, 3).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.kill(follower);
+    for i in 0..300 {
+        vol.mkdir(&format!("/d{i}"), 0o755).await.expect("mkdir");
+    }
+    let target = c.client().status().await.expect("status").last_applied;
+    c.restart(follower);
+    let addr = c.node(follower).addr.clone();
+    let client = c.client();
+    wait_for("follower to catch up", Duration::from_secs(60), || {
+        let client = client.clone();
+        let addr = addr.clone();
+        async move {
+            client
+                .node_status(&addr)
+                .await
+                .ok()
+                .filter(|s| s.last_applied >= target)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(c.node(follower).data_dir.join("node.log")).expect("log");
+    assert!(
+        log.contains("installed snapshot"),
+        "the follower was brought up to date by a snapshot"
+    );
+    // The restored follower now carries the cluster: lose the old leader.
+    c.kill(leader);
+    c.wait_formed(3).await;
+    let entries = vol
+        .list("/")
+        .await
+        .expect("ls after snapshot install and leader loss");
+    assert_eq!(entries.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_endpoints_report_health_and_metrics() {
+    let c = TestCluster::start(3).await;
+    for id in 1..=3 {
+        let http = c.node(id).http.clone();
+        let (code, body) = http_get(&http, "/healthz").expect("healthz");
+        assert_eq!(code, 200, "{body}");
+        let (code, body) = wait_for("readyz", Duration::from_secs(20), || {
+            let http = http.clone();
+            async move { http_get(&http, "/readyz").ok().filter(|(c, _)| *c == 200) }
+        })
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let (code, body) = http_get(&http, "/metrics").expect("metrics");
+        assert_eq!(code, 200);
+        assert!(body.contains("ringfs_node_raft_term"), "{body}");
+        assert!(body.contains("ringfs_node_raft_members 3"), "{body}");
+        assert!(body.contains("ringfs_node_blocks_stored"), "{body}");
+    }
+}

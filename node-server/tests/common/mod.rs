@@ -19,6 +19,8 @@ pub struct TestNode {
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
 }
 
 fn read_addr_file(dir: &Path) -> Option<(String, String)> {
@@ -57,10 +59,17 @@ impl TestCluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join it; returns once every node is
     /// a member and the layout covers them.
     pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`TestCluster::start`], passing `extra_args` to every node.
+    pub async fn start_with(n: usize, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
         let mut c = TestCluster {
             dir,
             nodes: Vec::new(),
+            extra_args,
         };
         for i in 1..=n as u64 {
             let data_dir = c.dir.path().join(format!("node-{i}"));
@@ -101,6 +110,7 @@ impl TestCluster {
             .filter(|n| n.id != id && !n.addr.is_empty())
             .map(|n| n.addr.clone())
             .collect();
+        let extra = self.extra_args.clone();
         let node = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -119,6 +129,7 @@ impl TestCluster {
                 &format!("zone-{}", (id - 1) % 3 + 1),
             ])
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
+            .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -264,4 +275,27 @@ pub async fn get_bytes(vol: &Vol, path: &str) -> ringfs_client::Result<Vec<u8>> 
     let mut out = Vec::new();
     vol.read_file(path, &mut out, &|_| {}).await?;
     Ok(out)
+}
+
+/// A plain HTTP/1.1 GET against `addr`; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
