@@ -4,10 +4,14 @@
 #
 #   build-ringfs-image.sh [--tag NAME:TAG] [--bin-dir DIR] [--import] [OUT.tar]
 #
-# The image holds the ringfs binaries found in DIR (default: target/release of the
-# workspace; every one of ringfs, ringfs-node, ringfs-operator, ringfs-csi, crdgen that
-# exists), the shared libraries they link (ldd), fusermount3 and mount.fuse3 from Debian's
-# fuse3, and a static busybox as /bin/sh with its applets (for exec probes and debugging).
+# The image holds the ringfs binaries found in DIR (every one of ringfs, ringfs-node,
+# ringfs-operator, ringfs-csi, crdgen that exists), the shared libraries they link (ldd),
+# fusermount3 and mount.fuse3 from Debian's fuse3, and a static busybox as /bin/sh with its
+# applets (for exec probes and debugging).
+# DIR: --bin-dir, else $RINGFS_BIN_DIR, else ${CARGO_TARGET_DIR:-target}/debug when it
+# holds ringfs-node (the CI build: `cargo build -p ringfs-node -p ringfs-cli`), else
+# ${CARGO_TARGET_DIR:-target}/release; a relative CARGO_TARGET_DIR is taken relative to
+# the workspace root.
 # No entrypoint: a pod names the binary, e.g. command: [ringfs-node, ...].
 # Default tag: ringfs:dev (containerd name docker.io/library/ringfs:dev).
 # Default OUT: ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/images/ringfs.tar.
@@ -21,25 +25,32 @@ E2E_DIR="$(dirname "$IMG_DIR")"
 REPO="$(dirname "$E2E_DIR")"
 CACHE="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}"
 tag=ringfs:dev
-bin_dir="$REPO/target/release"
+bin_dir="${RINGFS_BIN_DIR:-}"
 import=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) tag="$2"; shift 2 ;;
     --bin-dir) bin_dir="$2"; shift 2 ;;
     --import) import=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "build-ringfs-image.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 out="${1:-$CACHE/images/ringfs.tar}"
+if [ -z "$bin_dir" ]; then
+  target="${CARGO_TARGET_DIR:-target}"
+  case "$target" in /*) ;; *) target="$REPO/$target" ;; esac
+  bin_dir="$target/release"
+  [ -x "$target/debug/ringfs-node" ] && bin_dir="$target/debug"
+fi
+echo "build-ringfs-image.sh: binaries from $bin_dir" >&2
 
 bins=()
 for b in ringfs ringfs-node ringfs-operator ringfs-csi crdgen; do
   [ -x "$bin_dir/$b" ] && bins+=("$bin_dir/$b")
 done
-[ ${#bins[@]} -gt 0 ] || { echo "build-ringfs-image.sh: no ringfs binaries in $bin_dir (cargo build --release?)" >&2; exit 1; }
+[ ${#bins[@]} -gt 0 ] || { echo "build-ringfs-image.sh: no ringfs binaries in $bin_dir (cargo build -p ringfs-node -p ringfs-cli? or set RINGFS_BIN_DIR)" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "build-ringfs-image.sh: needs busybox-static" >&2; exit 1; }
 
 work="$(mktemp -d)"
