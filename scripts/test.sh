@@ -15,6 +15,8 @@ stage() { printf '\n==== %s ====\n' "$*"; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ringfs/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 mkdir -p "$CARGO_TARGET_DIR"
+# Tests outside node-server find the node binary here.
+export RINGFS_NODE_BIN="$CARGO_TARGET_DIR/debug/ringfs-node"
 
 stage "dependencies"
 need_pkgs=()
@@ -62,6 +64,19 @@ cmp "$DEV_DIR/in" "$DEV_DIR/out"
 "$CARGO_TARGET_DIR/debug/ringfs" --cluster "$SEEDS" cluster status
 "$CARGO_TARGET_DIR/debug/ringfs" dev down --dir "$DEV_DIR/c" --purge
 echo "dev smoke: 1 passed, 0 failed"
+
+stage "kubernetes e2e (real kube-apiserver, kubelet, containerd)"
+if [ "${RINGFS_SKIP_E2E:-0}" = 1 ]; then
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!!! E2E STAGE SKIPPED (RINGFS_SKIP_E2E=1): Kubernetes paths were NOT tested !!!"
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    if [ -n "${CI:-}" ]; then
+        echo "skipping e2e is not allowed in CI" >&2
+        exit 1
+    fi
+else
+    RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh"
+fi
 
 stage "done"
 echo "all stages passed"
