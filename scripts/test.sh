@@ -75,7 +75,10 @@ if [ "${RINGFS_SKIP_E2E:-0}" = 1 ]; then
         exit 1
     fi
 else
-    RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh"
+    # Compile the e2e tests before the cluster comes up, so it is not idle during builds.
+    cargo test -p ringfs-e2e --locked --no-run
+    RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
+        cargo test -p ringfs-e2e --locked -- --ignored --test-threads=1
 fi
 
 stage "done"
