@@ -197,7 +197,7 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dev(_) => unreachable!("handled in main"),
+        Command::Dev(_) | Command::Mount(_) | Command::Umount(_) => unreachable!("handled in main"),
     }
 }
 

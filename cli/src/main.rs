@@ -2,6 +2,7 @@
 
 mod commands;
 mod dev;
+mod mount;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ pub(crate) enum Cmd {
         #[arg(short, long)]
         parents: bool,
     },
+    /// Mount a volume on a directory through FUSE (foreground unless --background).
+    Mount(mount::MountArgs),
+    /// Unmount a ringfs mount point.
+    Umount(mount::UmountArgs),
     /// Remove a file or empty directory (`-r`: recursively).
     Rm {
         path: String,
@@ -67,6 +72,16 @@ async fn main() -> ExitCode {
     ringfs_telemetry::init("warn");
     let result = match cli.cmd {
         Cmd::Dev(cmd) => dev::run(cmd).await,
+        Cmd::Mount(a) => {
+            mount::mount(
+                commands::resolve_seeds(cli.cluster),
+                a.volume,
+                a.dir,
+                a.opts,
+            )
+            .await
+        }
+        Cmd::Umount(a) => mount::umount(a.dir, a.lazy).await,
         other => {
             let seeds = commands::resolve_seeds(cli.cluster);
             commands::run(other, seeds, cli.json).await

@@ -764,10 +764,7 @@ fn append(
     now: i64,
 ) -> Result<FsResult> {
     let data_len: u64 = blocks.iter().map(|b| u64::from(b.len)).sum();
-    if len == 0
-        || data_len < len
-        || blocks.iter().any(|b| b.len == 0 || b.len > MAX_BLOCK_SIZE)
-    {
+    if len == 0 || data_len < len || blocks.iter().any(|b| b.len == 0 || b.len > MAX_BLOCK_SIZE) {
         return Ok(Err(FsError::Invalid(format!(
             "append of {len} bytes over {} blocks holding {data_len} bytes is malformed",
             blocks.len()

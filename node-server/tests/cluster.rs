@@ -382,6 +382,17 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
         vol.mkdir(&format!("/d{i}"), 0o755).await.expect("mkdir");
     }
     let target = c.client().status().await.expect("status").last_applied;
+    // The leader must have snapshotted (and so purged the log the follower lacks) at least
+    // twice before the follower comes back, or it could catch up from the log alone.
+    let leader_log = c.node(leader).data_dir.join("node.log");
+    wait_for("leader snapshots", Duration::from_secs(60), || {
+        let leader_log = leader_log.clone();
+        async move {
+            let log = std::fs::read_to_string(&leader_log).ok()?;
+            (log.matches("built snapshot").count() >= 2).then_some(())
+        }
+    })
+    .await;
     c.restart(follower);
     let addr = c.node(follower).addr.clone();
     let client = c.client();

@@ -231,9 +231,15 @@ pub struct StatFs {
 pub enum FsReply {
     Done,
     Attr(Attr),
-    Entries { entries: Vec<DirEntry>, more: bool },
+    Entries {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
     Link(Vec<u8>),
-    Chunk { attr: Attr, slices: Vec<Slice> },
+    Chunk {
+        attr: Attr,
+        slices: Vec<Slice>,
+    },
     StatFs(StatFs),
     /// An extended attribute's value.
     Xattr(Vec<u8>),

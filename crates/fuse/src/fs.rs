@@ -19,15 +19,13 @@ use crate::extents::Extents;
 use crate::io;
 use crate::MountOptions;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use ringfs_client::{ClientError, Vol};
-use ringfs_core::fs::{
-    Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR,
-};
+use ringfs_core::fs::{Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR};
 use ringfs_core::Ino;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -79,6 +77,8 @@ struct FileState {
     /// A flush triggered by a write failed and lost buffered data; the next flush,
     /// fsync or close reports it (as a local file system reports writeback errors).
     error: Option<Errno>,
+    /// Slices read while open; see [`io::ChunkCache`].
+    chunks: io::ChunkCache,
 }
 
 impl FileState {
@@ -103,6 +103,7 @@ pub struct RingFs {
     handles: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    blocks: io::BlockCache,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
 }
@@ -171,6 +172,7 @@ fn want_attr(r: FsReply) -> Result<Attr, Errno> {
 
 impl RingFs {
     pub fn new(vol: Vol, rt: Handle, opts: MountOptions) -> RingFs {
+        let blocks = io::BlockCache::new(opts.block_cache_bytes);
         RingFs {
             vol,
             rt,
@@ -179,6 +181,7 @@ impl RingFs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            blocks,
             notifier: Arc::new(OnceLock::new()),
         }
     }
@@ -213,6 +216,9 @@ impl RingFs {
     /// Commits everything buffered for `ino`, positional writes before appends (a
     /// write switches between the two kinds only after flushing the other).
     fn flush_state(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
+        if !st.dirty.is_empty() || !st.append.is_empty() {
+            st.chunks.clear();
+        }
         if !st.dirty.is_empty() {
             let ext = st.dirty.take();
             self.rt
@@ -285,6 +291,9 @@ impl RingFs {
         let first = {
             let mut st = lock(&f);
             st.open += 1;
+            if st.open == 1 {
+                st.chunks.clear();
+            }
             st.open == 1
         };
         if first {
@@ -402,6 +411,9 @@ impl fuser::Filesystem for RingFs {
             }
         }
         let r = self.op(FsOp::SetAttr { ino, set }).and_then(want_attr);
+        if let Some(st) = guard.as_deref_mut() {
+            st.chunks.clear();
+        }
         drop(guard);
         if f.is_some() {
             self.reap(ino);
@@ -614,19 +626,19 @@ impl fuser::Filesystem for RingFs {
         reply: ReplyData,
     ) {
         let ino = ino.0;
-        let f = self.file_if(ino);
-        // Holding the buffer lock makes the read atomic with respect to this mount's
-        // writes to the file.
-        let mut guard = f.as_ref().map(|f| lock(f));
-        if let Some(st) = guard.as_deref_mut() {
-            if !st.append.is_empty() {
-                if let Err(e) = self.flush_state(ino, st) {
-                    return reply.error(e);
-                }
+        // A read always follows an open, so the state exists; holding its lock makes
+        // the read atomic with respect to this mount's writes to the file.
+        let f = self.file(ino);
+        let mut st = lock(&f);
+        if !st.append.is_empty() {
+            if let Err(e) = self.flush_state(ino, &mut st) {
+                return reply.error(e);
             }
         }
         let (mut data, committed) = match self.rt.block_on(io::read_committed(
             &self.vol,
+            &self.blocks,
+            &mut st.chunks,
             ino,
             offset,
             u64::from(size),
@@ -637,13 +649,11 @@ impl fuser::Filesystem for RingFs {
                 return reply.error(errno(&e));
             }
         };
-        if let Some(st) = guard.as_deref() {
-            if !st.dirty.is_empty() {
-                let visible = committed.max(st.dirty.end());
-                let end = visible.min(offset + u64::from(size));
-                data.resize(end.saturating_sub(offset) as usize, 0);
-                st.dirty.overlay(offset, &mut data);
-            }
+        if !st.dirty.is_empty() {
+            let visible = committed.max(st.dirty.end());
+            let end = visible.min(offset + u64::from(size));
+            data.resize(end.saturating_sub(offset) as usize, 0);
+            st.dirty.overlay(offset, &mut data);
         }
         reply.data(&data)
     }

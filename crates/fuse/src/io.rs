@@ -13,6 +13,8 @@ use ringfs_client::{ClientError, Cluster, Result, Vol};
 use ringfs_core::fs::{Attr, ChunkSlice, FsOp, FsReply};
 use ringfs_core::slice::{resolve, BlockRef, Piece, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE};
 use ringfs_core::{BlockId, Ino};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 fn expect_attr(r: FsReply) -> Result<Attr> {
     match r {
@@ -134,7 +136,48 @@ pub async fn commit_append(vol: &Vol, ino: Ino, data: Vec<u8>) -> Result<Attr> {
     }
 }
 
-async fn read_piece(vol: &Vol, view: &LayoutView, p: Piece) -> Result<Bytes> {
+/// Recently read whole blocks. Blocks are immutable, so a cached block can never be
+/// stale: no invalidation exists or is needed. Small reads (the kernel reads 128 KiB at
+/// a time) then cost one block fetch per block instead of one per read.
+pub struct BlockCache {
+    cap_bytes: usize,
+    inner: std::sync::Mutex<std::collections::VecDeque<(BlockId, Bytes)>>,
+}
+
+impl BlockCache {
+    pub fn new(cap_bytes: usize) -> BlockCache {
+        BlockCache {
+            cap_bytes,
+            inner: Default::default(),
+        }
+    }
+
+    fn get(&self, id: &BlockId) -> Option<Bytes> {
+        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let i = q.iter().position(|(b, _)| b == id)?;
+        let e = q.remove(i)?;
+        let data = e.1.clone();
+        q.push_back(e);
+        Some(data)
+    }
+
+    fn put(&self, id: BlockId, data: Bytes) {
+        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if q.iter().any(|(b, _)| *b == id) {
+            return;
+        }
+        q.push_back((id, data));
+        let mut total: usize = q.iter().map(|(_, d)| d.len()).sum();
+        while total > self.cap_bytes {
+            match q.pop_front() {
+                Some((_, d)) => total -= d.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) -> Result<Bytes> {
     match p {
         Piece::Zero { len, .. } => Ok(Bytes::from(vec![0u8; len as usize])),
         Piece::Data {
@@ -143,34 +186,69 @@ async fn read_piece(vol: &Vol, view: &LayoutView, p: Piece) -> Result<Bytes> {
             block_off,
             ..
         } => {
-            let mut replicas = vol.cluster.read_replicas(view, &block.id);
-            if replicas.is_empty() {
-                let fresh = vol.cluster.refresh_layout().await?;
-                replicas = vol.cluster.read_replicas(&fresh, &block.id);
+            let whole = match cache.get(&block.id) {
+                Some(d) => d,
+                None => {
+                    let mut replicas = vol.cluster.read_replicas(view, &block.id);
+                    if replicas.is_empty() {
+                        let fresh = vol.cluster.refresh_layout().await?;
+                        replicas = vol.cluster.read_replicas(&fresh, &block.id);
+                    }
+                    let d = vol.cluster.io.get(&replicas, &block, 0, 0).await?;
+                    cache.put(block.id, d.clone());
+                    d
+                }
+            };
+            let (a, b) = (block_off as usize, block_off as usize + len as usize);
+            if b > whole.len() {
+                return Err(ClientError::Protocol(format!(
+                    "block {} holds {} bytes, a slice reads up to {b}",
+                    block.id,
+                    whole.len()
+                )));
             }
-            vol.cluster.io.get(&replicas, &block, block_off, len).await
+            Ok(whole.slice(a..b))
         }
     }
 }
 
+/// Chunk index → (file size, slices) as last read. Valid while the file stays open in
+/// this mount and this mount commits nothing to it (close-to-open consistency); the
+/// owner clears it at first open and after every commit or truncate.
+pub type ChunkCache = HashMap<u64, (u64, Arc<Vec<Slice>>)>;
+
 /// Reads committed data of `ino` in `[off, off + size)`, stopping at the committed
 /// size. Returns the bytes and the committed size seen by the first chunk read.
-pub async fn read_committed(vol: &Vol, ino: Ino, off: u64, size: u64) -> Result<(Vec<u8>, u64)> {
+pub async fn read_committed(
+    vol: &Vol,
+    cache: &BlockCache,
+    chunks: &mut ChunkCache,
+    ino: Ino,
+    off: u64,
+    size: u64,
+) -> Result<(Vec<u8>, u64)> {
     let want_end = off.saturating_add(size);
     let mut out = BytesMut::with_capacity(size as usize);
     let mut committed: Option<u64> = None;
     let mut pos = off;
     loop {
         let chunk = pos / CHUNK_SIZE;
-        let (attr, slices) = match vol.fs(FsOp::ReadChunk { ino, chunk }).await? {
-            FsReply::Chunk { attr, slices } => (attr, slices),
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected chunk, got {other:?}"
-                )))
-            }
+        let (size, slices) = match chunks.get(&chunk) {
+            Some(c) => c.clone(),
+            None => match vol.fs(FsOp::ReadChunk { ino, chunk }).await? {
+                FsReply::Chunk { attr, slices } => {
+                    let c = (attr.size, Arc::new(slices));
+                    chunks.insert(chunk, c.clone());
+                    c
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected chunk, got {other:?}"
+                    )))
+                }
+            },
         };
-        let csize = *committed.get_or_insert(attr.size);
+        let csize = *committed.get_or_insert(size);
         if pos >= want_end || pos >= csize {
             break;
         }
@@ -180,7 +258,7 @@ pub async fn read_committed(vol: &Vol, ino: Ino, off: u64, size: u64) -> Result<
         let view = vol.cluster.layout().await?;
         let parts: Vec<Bytes> = stream::iter(pieces.into_iter().map(|p| {
             let view = view.clone();
-            async move { read_piece(vol, &view, p).await }
+            async move { read_piece(vol, cache, &view, p).await }
         }))
         .buffered(DOWNLOAD_PARALLELISM)
         .try_collect()

@@ -30,6 +30,8 @@ pub struct MountOptions {
     /// Largest write request the kernel sends.
     pub max_write: u32,
     pub max_readahead: u32,
+    /// Memory for recently read (immutable, so never stale) blocks.
+    pub block_cache_bytes: usize,
 }
 
 impl Default for MountOptions {
@@ -43,6 +45,7 @@ impl Default for MountOptions {
             flush_threshold: 16 << 20,
             max_write: 1 << 20,
             max_readahead: 1 << 20,
+            block_cache_bytes: 64 << 20,
         }
     }
 }
@@ -76,9 +79,7 @@ impl Mount {
 
     /// True once the session thread has ended (unmounted from outside).
     pub fn is_finished(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_none_or(|s| s.guard.is_finished())
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
     }
 }
 

@@ -56,7 +56,10 @@ fn basic_file_and_directory_operations() {
     fs::hard_link(d.join("dir/b.txt"), d.join("c.txt")).unwrap();
     assert_eq!(fs::metadata(d.join("c.txt")).unwrap().nlink(), 2);
     std::os::unix::fs::symlink("dir/b.txt", d.join("s")).unwrap();
-    assert_eq!(fs::read_link(d.join("s")).unwrap().to_str(), Some("dir/b.txt"));
+    assert_eq!(
+        fs::read_link(d.join("s")).unwrap().to_str(),
+        Some("dir/b.txt")
+    );
     assert_eq!(fs::read(d.join("s")).unwrap(), b"hello");
     assert_eq!(
         fs::remove_dir(d.join("dir")).unwrap_err().raw_os_error(),
@@ -69,9 +72,12 @@ fn basic_file_and_directory_operations() {
     names.sort();
     assert_eq!(names, ["c.txt", "dir", "s"]);
     fs::set_permissions(d.join("c.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(fs::metadata(d.join("c.txt")).unwrap().mode() & 0o7777, 0o600);
     assert_eq!(
-        fs::metadata(d.join(&"x".repeat(300)))
+        fs::metadata(d.join("c.txt")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(d.join("x".repeat(300)))
             .unwrap_err()
             .raw_os_error(),
         Some(libc::ENAMETOOLONG)
@@ -110,5 +116,58 @@ fn basic_file_and_directory_operations() {
     fs::write(d.join("big"), &big).unwrap();
     assert_eq!(fs::read(d.join("big")).unwrap(), big);
 
+    m.unmount().unwrap();
+}
+
+/// Sequential 1 MiB writes (with a final fsync) and reads through the mount and in a
+/// local directory. A measurement, not a check: run with `--ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run explicitly with --ignored --nocapture"]
+fn measure_sequential_throughput() {
+    if !fuse_available() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let total: usize = std::env::var("RINGFS_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("bench", 8 << 30, 3));
+    let m = mount(&c, vol, "mnt", Default::default(), &rt);
+    let local = tempfile::tempdir().unwrap();
+    let buf = content(3, MIB);
+    for (name, dir) in [("local", local.path()), ("ringfs", m.dir())] {
+        let path = dir.join("seq");
+        let t = std::time::Instant::now();
+        let mut f = fs::File::create(&path).unwrap();
+        for _ in 0..total {
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let w = t.elapsed().as_secs_f64();
+        // Drop the page cache of the local file so both reads come from storage.
+        let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+        let t = std::time::Instant::now();
+        let mut f = fs::File::open(&path).unwrap();
+        let mut rbuf = vec![0u8; MIB];
+        let mut n = 0;
+        loop {
+            let k = f.read(&mut rbuf).unwrap();
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        assert_eq!(n, total * MIB);
+        let r = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: write {total} MiB + fsync {:.0} MiB/s, read {:.0} MiB/s",
+            total as f64 / w,
+            total as f64 / r
+        );
+    }
     m.unmount().unwrap();
 }

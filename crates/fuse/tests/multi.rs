@@ -1,0 +1,187 @@
+//! Several mounts of one volume, and node failures under a mount.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+#[test]
+fn close_to_open_between_two_mounts() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("shared", 1 << 30, 3));
+    let a = mount(&c, vol.clone(), "a", Default::default(), &rt);
+    let b = mount(&c, vol, "b", Default::default(), &rt);
+    let (da, db) = (a.dir().to_path_buf(), b.dir().to_path_buf());
+
+    fs::write(da.join("f"), b"first").unwrap();
+    assert_eq!(fs::read(db.join("f")).unwrap(), b"first");
+    // B now has the file's attributes cached (size 5). A rewrites it larger and closes;
+    // B's next open must see all of it although its attribute cache has not expired.
+    let before = fs::metadata(db.join("f")).unwrap().len();
+    assert_eq!(before, 5);
+    let big = content(1, 5 << 20);
+    fs::write(da.join("f"), &big).unwrap();
+    let mut got = Vec::new();
+    fs::File::open(db.join("f"))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(
+        got == big,
+        "mount B read different bytes than mount A wrote"
+    );
+
+    // Namespace changes are visible at once for new names (no negative caching).
+    fs::create_dir(da.join("dir")).unwrap();
+    fs::write(da.join("dir/x"), b"x").unwrap();
+    assert_eq!(fs::read(db.join("dir/x")).unwrap(), b"x");
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+}
+
+/// One record: writer id, sequence number, padding, newline — 64 bytes.
+fn record(writer: u8, seq: u32) -> Vec<u8> {
+    let mut r = format!("w{writer} {seq:08} ").into_bytes();
+    r.resize(63, b'a' + writer);
+    r.push(b'\n');
+    r
+}
+
+#[test]
+fn concurrent_appends_from_two_mounts_lose_nothing() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("appends", 1 << 30, 3));
+    let a = mount(&c, vol.clone(), "a", Default::default(), &rt);
+    let b = mount(&c, vol, "b", Default::default(), &rt);
+    fs::write(a.dir().join("log"), b"").unwrap();
+    const PER_WRITER: u32 = 150;
+    let writers: Vec<_> = [(0u8, a.dir().to_path_buf()), (1u8, b.dir().to_path_buf())]
+        .into_iter()
+        .flat_map(|(m, dir)| {
+            // Two writers per mount: one keeps its file open (fsync now and then), one
+            // opens and closes for every record, as log shippers do.
+            [(m * 2, dir.clone(), true), (m * 2 + 1, dir, false)]
+        })
+        .map(|(id, dir, keep_open)| {
+            std::thread::spawn(move || {
+                let path = dir.join("log");
+                let open = || {
+                    fs::OpenOptions::new()
+                        .append(true)
+                        .custom_flags(0)
+                        .open(&path)
+                        .unwrap()
+                };
+                let mut f = open();
+                for seq in 0..PER_WRITER {
+                    if !keep_open {
+                        f = open();
+                    }
+                    f.write_all(&record(id, seq)).unwrap();
+                    if keep_open && seq % 10 == 9 {
+                        f.sync_all().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let data = fs::read(a.dir().join("log")).unwrap();
+    assert_eq!(
+        data.len(),
+        4 * PER_WRITER as usize * 64,
+        "bytes lost or duplicated"
+    );
+    let mut next = [0u32; 4];
+    for rec in data.chunks(64) {
+        let id = (rec[1] - b'0') as usize;
+        let seq: u32 = std::str::from_utf8(&rec[3..11]).unwrap().parse().unwrap();
+        assert_eq!(rec, record(id as u8, seq).as_slice(), "torn record");
+        assert_eq!(
+            seq, next[id],
+            "writer {id}: records out of order or missing"
+        );
+        next[id] += 1;
+    }
+    assert_eq!(next, [PER_WRITER; 4]);
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+}
+
+#[test]
+fn kill_a_node_during_a_long_write() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    let rt = runtime();
+    let mut c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("kill", 1 << 30, 3));
+    let m = mount(&c, vol, "mnt", Default::default(), &rt);
+    let path = m.dir().join("big");
+    const STEP: usize = 4 << 20;
+    const STEPS: usize = 16;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || -> std::io::Result<usize> {
+            let mut f = fs::File::create(&path)?;
+            for i in 0..STEPS {
+                f.write_all(&content(i as u64, STEP))?;
+                if i % 2 == 1 {
+                    f.sync_all()?;
+                    let _ = tx.send((i + 1) * STEP);
+                }
+            }
+            f.sync_all()?;
+            Ok(STEPS * STEP)
+        })
+    };
+    // Kill the leader once a quarter of the file is durable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(n) if n >= STEPS * STEP / 4 => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "writer made no progress"
+            ),
+        }
+    }
+    let leader = rt.block_on(c.leader());
+    c.kill(leader);
+    let result = writer.join().unwrap();
+    let durable = match &result {
+        Ok(n) => *n,
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "write failed with {e}");
+            rx.try_iter().last().unwrap_or(STEPS * STEP / 4)
+        }
+    };
+    eprintln!("write result {result:?}; {durable} bytes acknowledged by fsync");
+    let data = fs::read(&path).unwrap();
+    assert!(data.len() >= durable);
+    for i in 0..durable / STEP {
+        assert!(
+            data[i * STEP..(i + 1) * STEP] == content(i as u64, STEP)[..],
+            "block {i} of fsynced data is damaged"
+        );
+    }
+    m.unmount().unwrap();
+}
