@@ -60,6 +60,8 @@ pub fn layout_msg(l: &Layout, addrs: &BTreeMap<u64, String>) -> LayoutVersion {
                 zone: n.zone.clone(),
                 capacity_bytes: n.capacity,
                 role: String::new(),
+                state: String::new(),
+                partitions: 0,
             })
             .collect(),
         assignment: l.assignment.clone(),
@@ -193,6 +195,11 @@ impl AdminService for AdminServer {
                     } else {
                         "learner".into()
                     },
+                    state: "active".into(),
+                    partitions: layout
+                        .as_ref()
+                        .map(|l| l.assignment.iter().filter(|n| **n == id).count() as u32)
+                        .unwrap_or(0),
                 }
             })
             .collect();
@@ -264,6 +271,25 @@ impl AdminService for AdminServer {
     async fn health(&self, _req: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         let (ready, detail) = readiness(&self.node);
         Ok(Response::new(HealthReply { ready, detail }))
+    }
+
+    // Membership transitions (issue 5) land with the migration scheduler; until then these
+    // say so instead of pretending.
+    async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        Err(Status::unimplemented("drain is not implemented yet"))
+    }
+
+    async fn remove(&self, _req: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
+        Err(Status::unimplemented("remove is not implemented yet"))
+    }
+
+    async fn rebalance_status(
+        &self,
+        _req: Request<RebalanceStatusRequest>,
+    ) -> Result<Response<RebalanceStatusReply>, Status> {
+        Err(Status::unimplemented(
+            "rebalance status is not implemented yet",
+        ))
     }
 }
 
