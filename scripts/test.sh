@@ -65,6 +65,9 @@ cmp "$DEV_DIR/in" "$DEV_DIR/out"
 "$CARGO_TARGET_DIR/debug/ringfs" dev down --dir "$DEV_DIR/c" --purge
 echo "dev smoke: 1 passed, 0 failed"
 
+stage "benchmark smoke (bench/run.sh --smoke: every system and workload runs; not a speed test)"
+"$ROOT/bench/run.sh" --smoke
+
 stage "kubernetes e2e (real kube-apiserver, kubelet, containerd)"
 if [ "${RINGFS_SKIP_E2E:-0}" = 1 ]; then
     echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"

@@ -91,7 +91,11 @@ pub fn is_ringfs_mount(dir: &Path) -> bool {
     };
     mounts.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 2 && f[2] == "fuse.ringfs" && Path::new(&unescape_mount_field(f[1])) == dir
+        // fusermount3 records the type as plain "fuse" unless a subtype is given: the
+        // source ("ringfs:<volume>") identifies ours then.
+        f.len() > 2
+            && (f[2] == "fuse.ringfs" || (f[2] == "fuse" && f[0].starts_with("ringfs:")))
+            && Path::new(&unescape_mount_field(f[1])) == dir
     })
 }
 
