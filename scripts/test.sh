@@ -54,15 +54,28 @@ cargo test -p ringfs-node --locked --test cluster -- --test-threads=1 --nocaptur
 
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)
-trap '"$CARGO_TARGET_DIR/debug/ringfs" dev down --dir "$DEV_DIR/c" --purge >/dev/null 2>&1 || true; rm -rf "$DEV_DIR"' EXIT
-"$CARGO_TARGET_DIR/debug/ringfs" dev up --nodes 3 --dir "$DEV_DIR/c" --base-port 0
+RINGFS="$CARGO_TARGET_DIR/debug/ringfs"
+trap '"$RINGFS" dev down --dir "$DEV_DIR/c" --purge >/dev/null 2>&1 || true; fusermount3 -uz "$DEV_DIR/mnt" 2>/dev/null || true; rm -rf "$DEV_DIR"' EXIT
+"$RINGFS" dev up --nodes 3 --dir "$DEV_DIR/c" --base-port 0 --mount "$DEV_DIR/mnt"
+"$RINGFS" dev status --dir "$DEV_DIR/c" | grep -q "mount $DEV_DIR/mnt volume default pid [0-9]* mounted"
 SEEDS=$(python3 -c 'import json,sys; print(",".join(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"]))' "$DEV_DIR/c/cluster.json")
 head -c 12000000 /dev/urandom > "$DEV_DIR/in"
-"$CARGO_TARGET_DIR/debug/ringfs" --cluster "$SEEDS" put "$DEV_DIR/in" default:/smoke
-"$CARGO_TARGET_DIR/debug/ringfs" --cluster "$SEEDS" get default:/smoke "$DEV_DIR/out"
+"$RINGFS" --cluster "$SEEDS" put "$DEV_DIR/in" default:/smoke
+"$RINGFS" --cluster "$SEEDS" get default:/smoke "$DEV_DIR/out"
 cmp "$DEV_DIR/in" "$DEV_DIR/out"
-"$CARGO_TARGET_DIR/debug/ringfs" --cluster "$SEEDS" cluster status
-"$CARGO_TARGET_DIR/debug/ringfs" dev down --dir "$DEV_DIR/c" --purge
+# The mount and the CLI see the same volume, both ways.
+cmp "$DEV_DIR/in" "$DEV_DIR/mnt/smoke"
+head -c 5000000 /dev/urandom > "$DEV_DIR/in2"
+mkdir "$DEV_DIR/mnt/sub"
+cp "$DEV_DIR/in2" "$DEV_DIR/mnt/sub/via-mount"
+"$RINGFS" --cluster "$SEEDS" get default:/sub/via-mount "$DEV_DIR/out2"
+cmp "$DEV_DIR/in2" "$DEV_DIR/out2"
+"$RINGFS" --cluster "$SEEDS" cluster status
+"$RINGFS" dev down --dir "$DEV_DIR/c" --purge
+if grep -q " $DEV_DIR/mnt fuse" /proc/mounts; then
+    echo "dev down left $DEV_DIR/mnt mounted" >&2
+    exit 1
+fi
 echo "dev smoke: 1 passed, 0 failed"
 
 stage "benchmark smoke (bench/run.sh --smoke: every system and workload runs; not a speed test)"

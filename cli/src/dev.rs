@@ -32,6 +32,12 @@ pub enum DevCmd {
         volume: String,
         #[arg(long, default_value = "1GiB")]
         volume_size: String,
+        /// Where to mount the volume (default: `ringfs-mnt` next to --dir).
+        #[arg(long, value_name = "DIR", conflicts_with = "no_mount")]
+        mount: Option<PathBuf>,
+        /// Do not mount the volume.
+        #[arg(long)]
+        no_mount: bool,
     },
     /// Stop the local cluster.
     Down {
@@ -58,9 +64,20 @@ pub struct DevNode {
     pub log: PathBuf,
 }
 
+/// The background `ringfs mount` process of the dev volume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevMount {
+    pub volume: String,
+    pub dir: PathBuf,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevState {
     pub nodes: Vec<DevNode>,
+    #[serde(default)]
+    pub mount: Option<DevMount>,
 }
 
 impl DevState {
@@ -126,7 +143,26 @@ pub async fn run(cmd: DevCmd) -> Result<()> {
             capacity,
             volume,
             volume_size,
-        } => up(nodes, &dir, base_port, &capacity, &volume, &volume_size).await,
+            mount,
+            no_mount,
+        } => {
+            // The mount point must not be inside the node data (it would be purged).
+            let mount_dir = if no_mount || volume.is_empty() {
+                None
+            } else {
+                Some(mount.unwrap_or_else(|| default_mount_dir(&dir)))
+            };
+            up(
+                nodes,
+                &dir,
+                base_port,
+                &capacity,
+                &volume,
+                &volume_size,
+                mount_dir,
+            )
+            .await
+        }
         DevCmd::Down { dir, purge } => down(&dir, purge).await,
         DevCmd::Status { dir } => {
             let state = DevState::load(&dir)
@@ -140,6 +176,24 @@ pub async fn run(cmd: DevCmd) -> Result<()> {
                     n.addr,
                     n.log.display()
                 );
+            }
+            match &state.mount {
+                Some(m) => {
+                    let st = match (crate::mount::is_ringfs_mount(&m.dir), alive(m.pid)) {
+                        (true, true) => "mounted",
+                        (true, false) => "mounted, but its process is gone",
+                        (false, true) => "not mounted, process still running",
+                        (false, false) => "not mounted",
+                    };
+                    println!(
+                        "mount {} volume {} pid {} {st} (log {})",
+                        m.dir.display(),
+                        m.volume,
+                        m.pid,
+                        m.log.display()
+                    );
+                }
+                None => println!("mount: none"),
             }
             Ok(())
         }
@@ -161,6 +215,105 @@ fn read_addr_file(data_dir: &Path) -> Option<(String, String)> {
     Some((grpc?, http?))
 }
 
+/// `ringfs-mnt` next to the dev directory.
+fn default_mount_dir(dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    abs.parent().unwrap_or(Path::new(".")).join("ringfs-mnt")
+}
+
+/// Mounts `volume` on `mount_dir` with a background `ringfs mount` process (unless it
+/// is mounted already) and records it in the state file.
+async fn ensure_mount(
+    state: &mut DevState,
+    dir: &Path,
+    volume: &str,
+    mount_dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(mount_dir)
+        .with_context(|| format!("cannot create mount point {}", mount_dir.display()))?;
+    let mount_dir = mount_dir.canonicalize()?;
+    if mount_dir.starts_with(dir) {
+        bail!(
+            "mount point {} is inside the dev directory {}; choose another --mount",
+            mount_dir.display(),
+            dir.display()
+        );
+    }
+    if crate::mount::is_ringfs_mount(&mount_dir) {
+        if let Some(m) = &state.mount {
+            if m.dir == mount_dir && alive(m.pid) {
+                println!(
+                    "volume {volume:?} is already mounted on {}",
+                    mount_dir.display()
+                );
+                return Ok(());
+            }
+        }
+        bail!(
+            "another ringfs volume is mounted on {}; `ringfs umount {}` first or pass --mount",
+            mount_dir.display(),
+            mount_dir.display()
+        );
+    }
+    let log = dir.join(format!("mount-{volume}.log"));
+    let seeds: Vec<&str> = state.nodes.iter().map(|n| n.addr.as_str()).collect();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--cluster".into(),
+        seeds.join(",").into(),
+        "mount".into(),
+        volume.into(),
+        mount_dir.clone().into(),
+    ];
+    let pid = crate::mount::spawn_mount_process(&args, volume, &mount_dir, &log).await?;
+    state.mount = Some(DevMount {
+        volume: volume.to_string(),
+        dir: mount_dir.clone(),
+        pid,
+        log: log.clone(),
+    });
+    state.save(dir)?;
+    println!(
+        "mounted volume {volume:?} on {} (pid {pid}, log {})",
+        mount_dir.display(),
+        log.display()
+    );
+    Ok(())
+}
+
+/// Unmounts the dev mount (lazily if busy) and waits for its process to end.
+async fn stop_mount(m: &DevMount) -> Result<()> {
+    if crate::mount::is_ringfs_mount(&m.dir) {
+        let d = m.dir.clone();
+        let r = tokio::task::spawn_blocking(move || crate::mount::fusermount(&d, false)).await?;
+        if let Err(e) = r {
+            eprintln!("{e:#}; detaching lazily");
+            let d = m.dir.clone();
+            tokio::task::spawn_blocking(move || crate::mount::fusermount(&d, true)).await??;
+        }
+    }
+    // The mount process exits by itself once unmounted; make sure it does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(m.pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(m.pid) {
+        signal(m.pid, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(m.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if alive(m.pid) {
+        eprintln!("mount process {} did not stop; killing it", m.pid);
+        signal(m.pid, "-KILL");
+    }
+    if crate::mount::is_ringfs_mount(&m.dir) {
+        bail!("{} is still mounted", m.dir.display());
+    }
+    println!("unmounted {}", m.dir.display());
+    Ok(())
+}
+
 async fn up(
     n: u32,
     dir: &Path,
@@ -168,17 +321,21 @@ async fn up(
     capacity: &str,
     volume: &str,
     volume_size: &str,
+    mount_dir: Option<PathBuf>,
 ) -> Result<()> {
     let capacity = ringfs_core::units::parse_size(capacity)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    if let Ok(state) = DevState::load(&dir) {
+    if let Ok(mut state) = DevState::load(&dir) {
         if state.nodes.iter().all(|n| alive(n.pid)) && !state.nodes.is_empty() {
             println!(
                 "a dev cluster is already running in {} ({} nodes)",
                 dir.display(),
                 state.nodes.len()
             );
+            if let Some(m) = &mount_dir {
+                ensure_mount(&mut state, &dir, volume, m).await?;
+            }
             print_usage(&state, volume);
             return Ok(());
         }
@@ -191,7 +348,10 @@ async fn up(
         }
     }
     let bin = node_binary();
-    let mut state = DevState { nodes: Vec::new() };
+    let mut state = DevState {
+        nodes: Vec::new(),
+        mount: None,
+    };
     let mut seeds: Vec<String> = Vec::new();
     for i in 1..=n {
         let data_dir = dir.join(format!("node-{i}"));
@@ -296,6 +456,9 @@ async fn up(
             .await
             .with_context(|| format!("creating volume {volume}"))?;
     }
+    if let Some(m) = &mount_dir {
+        ensure_mount(&mut state, &dir, volume, m).await?;
+    }
     println!(
         "ringfs dev cluster is up: {n} nodes, data in {}",
         dir.display()
@@ -324,7 +487,13 @@ fn print_usage(state: &DevState, volume: &str) {
         println!("  ringfs ls {volume}:/");
         println!("  ringfs get {volume}:/some-file ./copy");
     }
-    println!("  ringfs dev down            # stop (add --purge to delete the data)");
+    if let Some(m) = &state.mount {
+        println!(
+            "  ls {}                # the volume, mounted",
+            m.dir.display()
+        );
+    }
+    println!("  ringfs dev down            # unmount and stop (add --purge to delete the data)");
 }
 
 async fn down(dir: &Path, purge: bool) -> Result<()> {
@@ -335,6 +504,10 @@ async fn down(dir: &Path, purge: bool) -> Result<()> {
             return Ok(());
         }
     };
+    // Unmount first: the mount needs the nodes to write back what it buffers.
+    if let Some(m) = &state.mount {
+        stop_mount(m).await?;
+    }
     for n in &state.nodes {
         if alive(n.pid) {
             signal(n.pid, "-TERM");
@@ -351,6 +524,10 @@ async fn down(dir: &Path, purge: bool) -> Result<()> {
         }
     }
     if purge {
+        if let Some(m) = &state.mount {
+            // Only an empty mount point (which `dev up` created) goes.
+            let _ = std::fs::remove_dir(&m.dir);
+        }
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         println!("stopped the dev cluster and deleted {}", dir.display());
     } else {

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context};
 use ringfs_client::{Cluster, Vol};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,19 +85,22 @@ fn unescape_mount_field(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// True when a /proc/mounts line is a ringfs mount on `dir`. The type is `fuse.ringfs`
+/// when the subtype reached the kernel; a mount made directly by root (no fusermount3)
+/// shows plain `fuse`, recognised by its `ringfs:<volume>` source.
+fn is_ringfs_line(line: &str, dir: &Path) -> bool {
+    let f: Vec<&str> = line.split(' ').collect();
+    f.len() > 2
+        && (f[2] == "fuse.ringfs" || (f[2] == "fuse" && f[0].starts_with("ringfs:")))
+        && Path::new(&unescape_mount_field(f[1])) == dir
+}
+
 /// True when a ringfs file system is mounted on `dir` (absolute, canonical).
 pub fn is_ringfs_mount(dir: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
         return false;
     };
-    mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        // fusermount3 records the type as plain "fuse" unless a subtype is given: the
-        // source ("ringfs:<volume>") identifies ours then.
-        f.len() > 2
-            && (f[2] == "fuse.ringfs" || (f[2] == "fuse" && f[0].starts_with("ringfs:")))
-            && Path::new(&unescape_mount_field(f[1])) == dir
-    })
+    mounts.lines().any(|l| is_ringfs_line(l, dir))
 }
 
 pub async fn mount(
@@ -165,7 +169,7 @@ pub async fn mount(
     }
 }
 
-fn fusermount(dir: &Path, lazy: bool) -> anyhow::Result<()> {
+pub fn fusermount(dir: &Path, lazy: bool) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new("fusermount3");
     cmd.arg(if lazy { "-uz" } else { "-u" }).arg(dir);
     let out = cmd
@@ -182,23 +186,47 @@ fn fusermount(dir: &Path, lazy: bool) -> anyhow::Result<()> {
 }
 
 async fn spawn_background(volume: &str, dir: &Path, opts: &MountOpts) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let log = opts.log_file.clone().unwrap_or_else(|| {
-        dir.parent()
-            .unwrap_or(Path::new("/tmp"))
-            .join(format!(".ringfs-mount-{volume}.log"))
-    });
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening log file {}", log.display()))?;
-    let args: Vec<String> = std::env::args()
+    let log = opts
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log(volume, dir));
+    let args: Vec<OsString> = std::env::args_os()
         .skip(1)
         .filter(|a| a != "--background" && a != "-d")
         .collect();
+    let pid = spawn_mount_process(&args, volume, dir, &log).await?;
+    eprintln!(
+        "mounted volume {volume:?} on {} (pid {pid}, log {})",
+        dir.display(),
+        log.display()
+    );
+    Ok(())
+}
+
+/// Where a background mount of `volume` on `dir` logs unless told otherwise.
+pub fn default_log(volume: &str, dir: &Path) -> PathBuf {
+    dir.parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join(format!(".ringfs-mount-{volume}.log"))
+}
+
+/// Runs `ringfs <args>` (a foreground `mount` command) detached, in its own process
+/// group, with its output appended to `log`, and returns its pid once `dir` is a ringfs
+/// mount. Fails (and stops the process) if it exits or does not mount in time.
+pub async fn spawn_mount_process(
+    args: &[OsString],
+    volume: &str,
+    dir: &Path,
+    log: &Path,
+) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log file {}", log.display()))?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(&args)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -208,13 +236,7 @@ async fn spawn_background(volume: &str, dir: &Path, opts: &MountOpts) -> anyhow:
     let deadline = Instant::now() + BACKGROUND_MOUNT_TIMEOUT;
     loop {
         if is_ringfs_mount(dir) {
-            eprintln!(
-                "mounted volume {volume:?} on {} (pid {}, log {})",
-                dir.display(),
-                child.id(),
-                log.display()
-            );
-            return Ok(());
+            return Ok(child.id());
         }
         if let Some(status) = child.try_wait()? {
             bail!(
@@ -223,6 +245,11 @@ async fn spawn_background(volume: &str, dir: &Path, opts: &MountOpts) -> anyhow:
             );
         }
         if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            if is_ringfs_mount(dir) {
+                let _ = fusermount(dir, true);
+            }
             bail!(
                 "volume {volume:?} not mounted on {} after {BACKGROUND_MOUNT_TIMEOUT:?}; see {}",
                 dir.display(),
@@ -252,5 +279,17 @@ mod tests {
         assert_eq!(unescape_mount_field("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mount_field("/plain"), "/plain");
         assert_eq!(unescape_mount_field("/x\\"), "/x\\");
+    }
+
+    #[test]
+    fn recognises_ringfs_mount_lines() {
+        let d = Path::new("/mnt/a b");
+        assert!(is_ringfs_line(
+            "ringfs:v /mnt/a\\040b fuse.ringfs rw,nosuid 0 0",
+            d
+        ));
+        assert!(is_ringfs_line("ringfs:v /mnt/a\\040b fuse rw 0 0", d));
+        assert!(!is_ringfs_line("other /mnt/a\\040b fuse rw 0 0", d));
+        assert!(!is_ringfs_line("ringfs:v /mnt/c fuse.ringfs rw 0 0", d));
     }
 }

@@ -882,7 +882,8 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
                 }
                 return Ok(need_inode(w, id, d.ino)?.map(|i| FsReply::Attr(i.attr)));
             }
-            let rec = new_inode(vol, FileKind::File, mode & 0o7777, uid, gid, now, parent);
+            let (mode, gid) = inherit_sgid(&dir, FileKind::File, mode & 0o7777, gid);
+            let rec = new_inode(vol, FileKind::File, mode, uid, gid, now, parent);
             put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
             put(
                 w,
@@ -908,7 +909,8 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             if lookup(w, id, parent, &name)?.is_some() {
                 return Ok(Err(FsError::Exists));
             }
-            let rec = new_inode(vol, FileKind::Dir, mode & 0o7777, uid, gid, now, parent);
+            let (mode, gid) = inherit_sgid(&dir, FileKind::Dir, mode & 0o7777, gid);
+            let rec = new_inode(vol, FileKind::Dir, mode, uid, gid, now, parent);
             put(w, Tbl::Inodes, &k_inode(id, rec.attr.ino), &rec)?;
             put(
                 w,
@@ -940,6 +942,7 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
                 return Ok(Err(FsError::Exists));
             }
             ensure!(check_quota(vol, target.len() as u64));
+            let (_, gid) = inherit_sgid(&dir, FileKind::Symlink, 0o777, gid);
             let mut rec = new_inode(vol, FileKind::Symlink, 0o777, uid, gid, now, parent);
             rec.attr.size = target.len() as u64;
             rec.target = target;
@@ -1133,6 +1136,22 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             "{other:?} is not a write operation"
         )))),
     }
+}
+
+/// BSD group semantics of a set-group-ID directory: what is created in it gets the
+/// directory's group, and subdirectories inherit the bit. (The kernel already strips
+/// S_ISGID from a new file whose creator is not in that group.)
+fn inherit_sgid(dir: &InodeRec, kind: FileKind, mode: u32, gid: u32) -> (u32, u32) {
+    const S_ISGID: u32 = 0o2000;
+    if dir.attr.mode & S_ISGID == 0 {
+        return (mode, gid);
+    }
+    let mode = if kind == FileKind::Dir {
+        mode | S_ISGID
+    } else {
+        mode
+    };
+    (mode, dir.attr.gid)
 }
 
 fn new_inode(

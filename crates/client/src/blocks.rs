@@ -131,6 +131,23 @@ impl BlockIo {
         std::mem::take(&mut *self.bad_copies.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Like [`BlockIo::take_bad_copies`], for one block only: the nodes whose copy of
+    /// `id` was found bad. Other blocks' reports stay for their own readers, so
+    /// concurrent reads (a FUSE mount) never drop each other's repairs.
+    pub fn take_bad_copies_of(&self, id: BlockId) -> Vec<NodeId> {
+        let mut bad = self.bad_copies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        bad.retain(|(node, b)| {
+            if *b == id {
+                out.push(*node);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
     fn record_bad_copy(&self, node: NodeId, id: BlockId) {
         let mut bad = self.bad_copies.lock().unwrap_or_else(|p| p.into_inner());
         if bad.len() < MAX_BAD_COPIES && !bad.contains(&(node, id)) {
@@ -616,6 +633,17 @@ mod tests {
         assert!(msg.contains("node 1") && msg.contains("node 2"), "{msg}");
         // Unreachable nodes say nothing about their copies.
         assert!(io.take_bad_copies().is_empty());
+    }
+
+    #[test]
+    fn bad_copies_of_one_block_leave_the_others() {
+        let io = io();
+        io.record_bad_copy(1, BlockId::from_u128(9));
+        io.record_bad_copy(2, BlockId::from_u128(8));
+        io.record_bad_copy(3, BlockId::from_u128(9));
+        assert_eq!(io.take_bad_copies_of(BlockId::from_u128(9)), vec![1, 3]);
+        assert!(io.take_bad_copies_of(BlockId::from_u128(9)).is_empty());
+        assert_eq!(io.take_bad_copies(), vec![(2, BlockId::from_u128(8))]);
     }
 
     #[tokio::test]

@@ -440,21 +440,22 @@ impl Vol {
         }
     }
 
-    /// Re-writes copies that a read found corrupt or missing, from a verified copy, so
-    /// the block is back at full replication without waiting for scrub.
-    async fn repair_bad_copies(&self, view: &LayoutView, block: &BlockRef) {
-        let bad = self.cluster.io.take_bad_copies();
+    /// Re-writes the copies of `block` that a read through this client found corrupt or
+    /// missing, from a verified copy, so the block is back at full replication without
+    /// waiting for scrub. Call it after a successful read of `block` (the FUSE read path
+    /// and `get` do). Returns how many copies were re-written.
+    pub async fn repair_bad_copies(&self, view: &LayoutView, block: &BlockRef) -> usize {
+        let bad = self.cluster.io.take_bad_copies_of(block.id);
         if bad.is_empty() {
-            return;
+            return 0;
         }
-        for (node, id) in &bad {
+        for node in &bad {
             self.cluster.mark_suspect(*node);
-            tracing::warn!(node, block = %id, "bad block copy reported; repairing");
+            tracing::warn!(node, block = %block.id, "bad block copy reported; repairing");
         }
         let targets: Vec<Replica> = bad
             .iter()
-            .filter(|(_, id)| *id == block.id)
-            .filter_map(|(node, _)| {
+            .filter_map(|node| {
                 view.addrs.get(node).map(|a| Replica {
                     node: *node,
                     addr: a.clone(),
@@ -462,21 +463,28 @@ impl Vol {
             })
             .collect();
         if targets.is_empty() {
-            return;
+            return 0;
         }
-        let sources = self.cluster.read_replicas(view, &block.id);
+        // Good copies first: a source already known bad would only fail again.
+        let mut sources = self.cluster.read_replicas(view, &block.id);
+        sources.sort_by_key(|r| bad.contains(&r.node));
         match self.cluster.io.get(&sources, block, 0, 0).await {
-            Ok(data) => {
-                if let Err(e) = self
-                    .cluster
-                    .io
-                    .put(&targets, block.id, data, targets.len())
-                    .await
-                {
+            Ok(data) => match self
+                .cluster
+                .io
+                .put(&targets, block.id, data, targets.len())
+                .await
+            {
+                Ok(_) => targets.len(),
+                Err(e) => {
                     tracing::warn!(block = %block.id, error = %e, "repair of bad copies failed");
+                    0
                 }
+            },
+            Err(e) => {
+                tracing::warn!(block = %block.id, error = %e, "no good copy to repair from");
+                0
             }
-            Err(e) => tracing::warn!(block = %block.id, error = %e, "no good copy to repair from"),
         }
         // Copies found bad while reading the repair source are reported next time.
     }

@@ -195,6 +195,9 @@ async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) 
                         replicas = vol.cluster.read_replicas(&fresh, &block.id);
                     }
                     let d = vol.cluster.io.get(&replicas, &block, 0, 0).await?;
+                    // Copies this read found corrupt or missing are re-written now, so
+                    // a mount that reads a damaged block also heals it.
+                    vol.repair_bad_copies(view, &block).await;
                     cache.put(block.id, d.clone());
                     d
                 }

@@ -119,6 +119,228 @@ fn basic_file_and_directory_operations() {
     m.unmount().unwrap();
 }
 
+/// A block copy corrupted on disk is detected by a read through the mount, the right
+/// bytes are served from another replica, and the bad copy is re-written.
+#[test]
+fn corrupt_copy_read_through_the_mount_is_repaired() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    use ringfs_core::fs::{FsOp, FsReply};
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("repair", 1 << 30, 3));
+    let data = content(11, (3 << 20) + 4567);
+    rt.block_on(put_bytes(&vol, "/f", &data)).unwrap();
+    let files = rt.block_on(wait_for(
+        "the block on all nodes",
+        std::time::Duration::from_secs(20),
+        || async {
+            let f: Vec<_> = (1..=3).map(|i| c.block_files(i)).collect();
+            f.iter().all(|v| v.len() == 1).then_some(f)
+        },
+    ));
+    // Corrupt the copy the mount reads first, so the read must detect it.
+    let ino = rt.block_on(vol.stat("/f")).unwrap().ino;
+    let slices = match rt
+        .block_on(vol.fs(FsOp::ReadChunk { ino, chunk: 0 }))
+        .unwrap()
+    {
+        FsReply::Chunk { slices, .. } => slices,
+        other => panic!("expected a chunk, got {other:?}"),
+    };
+    assert_eq!(slices.len(), 1);
+    let block = slices[0].blocks[0];
+    let view = rt.block_on(vol.cluster.layout()).unwrap();
+    let first = vol.cluster.read_replicas(&view, &block.id)[0].node;
+    let bad_path = files[(first - 1) as usize][0].clone();
+    let good = fs::read(&files[(first % 3) as usize][0]).unwrap();
+    let mut bytes = fs::read(&bad_path).unwrap();
+    let at = bytes.len() - 777;
+    bytes[at] ^= 0xa5;
+    fs::write(&bad_path, &bytes).unwrap();
+
+    let m = mount(&c, vol, "mnt", Default::default(), &rt);
+    assert_eq!(fs::read(m.dir().join("f")).unwrap(), data);
+    rt.block_on(wait_for(
+        "the corrupt copy to be re-written",
+        std::time::Duration::from_secs(20),
+        || async {
+            let f = c.block_files(first);
+            (f.len() == 1 && fs::read(&f[0]).ok().as_ref() == Some(&good)).then_some(())
+        },
+    ));
+    m.unmount().unwrap();
+}
+
+/// Runs `sh -c script` as uid/gid 65534 (nobody) with no supplementary groups, in `dir`.
+fn as_nobody(dir: &std::path::Path, script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+fn ok_as_nobody(dir: &std::path::Path, script: &str) {
+    let o = as_nobody(dir, script);
+    assert!(
+        o.status.success(),
+        "as nobody: `{script}` failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Asserts the script fails and its error output names `msg` (the errno's text).
+fn fails_as_nobody(dir: &std::path::Path, script: &str, msg: &str) {
+    let o = as_nobody(dir, script);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(msg),
+        "as nobody: `{script}` should fail with {msg:?}; status {}, stderr {err:?}",
+        o.status
+    );
+}
+
+/// Permission checks as root and as a real non-root user (through setpriv), set-group-ID
+/// directory inheritance, and clearing of set-user/group-ID bits on write and chown.
+#[test]
+fn permissions_as_root_and_non_root() {
+    if !fuse_available() || which("setpriv").is_none() {
+        eprintln!("skipping: no /dev/fuse, fusermount3 or setpriv");
+        return;
+    }
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    // The non-root user must be able to reach the mount point.
+    fs::set_permissions(c.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let vol = rt.block_on(c.volume("perms", 1 << 30, 3));
+    let opts = ringfs_fuse::MountOptions {
+        allow_other: true,
+        ..Default::default()
+    };
+    let m = mount(&c, vol, "mnt", opts, &rt);
+    let d = m.dir().to_path_buf();
+    let mode = |p: &str| fs::metadata(d.join(p)).unwrap().mode() & 0o7777;
+    let owner = |p: &str| {
+        let md = fs::metadata(d.join(p)).unwrap();
+        (md.uid(), md.gid())
+    };
+
+    fs::create_dir(d.join("pub")).unwrap();
+    fs::set_permissions(d.join("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(d.join("priv")).unwrap();
+    fs::set_permissions(d.join("priv"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(d.join("priv/secret"), b"s").unwrap();
+    fs::write(d.join("pub/rootfile"), b"r").unwrap();
+    fs::set_permissions(d.join("pub/rootfile"), fs::Permissions::from_mode(0o644)).unwrap();
+
+    // Root passes permission bits: a mode-0 file is still readable and writable by root.
+    fs::write(d.join("pub/zero"), b"z").unwrap();
+    fs::set_permissions(d.join("pub/zero"), fs::Permissions::from_mode(0o000)).unwrap();
+    assert_eq!(fs::read(d.join("pub/zero")).unwrap(), b"z");
+
+    // A non-root user: EACCES on what the mode bits deny.
+    fails_as_nobody(&d, "cat priv/secret", "Permission denied");
+    fails_as_nobody(&d, "ls priv", "Permission denied");
+    fails_as_nobody(&d, "touch priv/x", "Permission denied");
+    fails_as_nobody(&d, "echo x >> pub/rootfile", "Permission denied");
+    fails_as_nobody(&d, "cat pub/zero", "Permission denied");
+    assert_eq!(fs::read(d.join("pub/rootfile")).unwrap(), b"r");
+    // What it creates is its own.
+    ok_as_nobody(
+        &d,
+        "echo mine > pub/mine && cat pub/rootfile && mkdir pub/mydir",
+    );
+    assert_eq!(owner("pub/mine"), (65534, 65534));
+    assert_eq!(owner("pub/mydir"), (65534, 65534));
+    // EPERM: chmod/chown of others' files, giving a file away, a group it is not in.
+    fails_as_nobody(&d, "chmod 777 pub/rootfile", "Operation not permitted");
+    fails_as_nobody(&d, "chown 65534 pub/rootfile", "Operation not permitted");
+    fails_as_nobody(&d, "chown 0 pub/mine", "Operation not permitted");
+    fails_as_nobody(&d, "chgrp 0 pub/mine", "Operation not permitted");
+    fails_as_nobody(
+        &d,
+        "touch -c -d 2001-01-01 pub/rootfile",
+        "Operation not permitted",
+    );
+    assert_eq!(owner("pub/mine"), (65534, 65534));
+    assert_eq!(mode("pub/rootfile"), 0o644);
+    ok_as_nobody(&d, "chmod 600 pub/mine");
+    assert_eq!(mode("pub/mine"), 0o600);
+    // Unlinking in a directory it cannot write is refused; in its own it works.
+    fails_as_nobody(&d, "rm -f priv/secret", "Permission denied");
+    fs::set_permissions(d.join("pub"), fs::Permissions::from_mode(0o755)).unwrap();
+    fails_as_nobody(&d, "rm -f pub/mine", "Permission denied");
+    fs::set_permissions(d.join("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+
+    // Writing to a set-user-ID file clears the bit (and set-group-ID with group exec).
+    fs::write(d.join("pub/suid"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(d.join("pub/suid"), fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(mode("pub/suid"), 0o6777);
+    ok_as_nobody(&d, "echo 'exit 0' >> pub/suid");
+    assert_eq!(
+        mode("pub/suid"),
+        0o777,
+        "write by non-root clears S_ISUID/S_ISGID"
+    );
+    // Root writing keeps them (it holds CAP_FSETID).
+    fs::set_permissions(d.join("pub/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("pub/suid"))
+        .unwrap()
+        .write_all(b"# root\n")
+        .unwrap();
+    assert_eq!(mode("pub/suid"), 0o4755);
+    // A non-root chown (to its own group) of its set-user-ID file clears the bit.
+    fs::set_permissions(d.join("pub/mine"), fs::Permissions::from_mode(0o4755)).unwrap();
+    ok_as_nobody(&d, "chgrp 65534 pub/mine");
+    assert_eq!(mode("pub/mine"), 0o755);
+
+    // Set-group-ID directory: new entries take its group, subdirectories the bit too.
+    fs::create_dir(d.join("pub/sg")).unwrap();
+    std::os::unix::fs::chown(d.join("pub/sg"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(d.join("pub/sg"), fs::Permissions::from_mode(0o2777)).unwrap();
+    ok_as_nobody(&d, "touch pub/sg/f && mkdir pub/sg/sub && ln -s f pub/sg/l");
+    assert_eq!(owner("pub/sg/f"), (65534, 4242));
+    assert_eq!(owner("pub/sg/sub"), (65534, 4242));
+    assert_eq!(mode("pub/sg/sub") & 0o2000, 0o2000);
+    let l = fs::symlink_metadata(d.join("pub/sg/l")).unwrap();
+    assert_eq!((l.uid(), l.gid()), (65534, 4242));
+    // Nested: the bit propagates further down.
+    ok_as_nobody(&d, "mkdir pub/sg/sub/deeper && touch pub/sg/sub/deeper/g");
+    assert_eq!(owner("pub/sg/sub/deeper/g"), (65534, 4242));
+    // A set-group-ID file created by a non-member loses the bit (kernel rule).
+    ok_as_nobody(&d, "touch pub/sg/x && chmod 2755 pub/sg/x || true");
+    assert_eq!(
+        mode("pub/sg/x") & 0o2000,
+        0,
+        "non-member cannot set S_ISGID"
+    );
+    // Outside a set-group-ID directory, the creator's group.
+    ok_as_nobody(&d, "touch pub/plain");
+    assert_eq!(owner("pub/plain"), (65534, 65534));
+
+    m.unmount().unwrap();
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|p| p.exists())
+    })
+}
+
 /// Sequential 1 MiB writes (with a final fsync) and reads through the mount and in a
 /// local directory. A measurement, not a check: run with `--ignored --nocapture`.
 #[test]
