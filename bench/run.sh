@@ -153,16 +153,14 @@ setup_glusterfs() {
 }
 setup_ringfs() {
     mkdir -p "$WORK/mnt/ringfs"
+    # `dev up` starts the nodes, creates the volume and mounts it (background process).
     "$RINGFS" dev up --nodes 3 --dir "$WORK/ringfs-dev" --base-port 0 --capacity 40GiB \
-        --volume bench --volume-size 30GiB
-    RINGFS_SEEDS=$(python3 -c 'import json,sys; print(",".join(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"]))' "$WORK/ringfs-dev/cluster.json")
-    "$RINGFS" --cluster "$RINGFS_SEEDS" mount bench "$WORK/mnt/ringfs" --background \
-        --log-file "$WORK/ringfs-mount.log"
+        --volume bench --volume-size 30GiB --mount "$WORK/mnt/ringfs"
     wait_mounted "$WORK/mnt/ringfs" 60
     MNT[ringfs]="$WORK/mnt/ringfs"
-    local nodes
-    nodes=$(python3 -c 'import json,sys; print(",".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]))' "$WORK/ringfs-dev/cluster.json")
-    PIDS[ringfs]="$nodes,$(pgrep -f -- "mount bench $WORK/mnt/ringfs" | paste -sd,)"
+    local state="$WORK/ringfs-dev/cluster.json"
+    RINGFS_SEEDS=$(python3 -c 'import json,sys; print(",".join(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"]))' "$state")
+    PIDS[ringfs]=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(",".join([str(n["pid"]) for n in s["nodes"]] + [str(s["mount"]["pid"])]))' "$state")
 }
 
 # ---------------------------------------------------------------------------- workloads
