@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         blocks: blocks.clone(),
         pool,
         membership_lock: tokio::sync::Mutex::new(()),
+        lease: Default::default(),
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -122,6 +123,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("bootstrapping the cluster")?;
         tracing::info!("bootstrapped a new cluster");
     }
+    tokio::spawn(crate::node::LeaderLease::track(
+        node.clone(),
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(register(node.clone(), shutdown_rx.clone()));
     tokio::spawn(crate::janitor::run(node.clone(), shutdown_rx.clone()));
 

@@ -55,6 +55,13 @@ pub struct Config {
     /// Raft election timeout (lower bound) in milliseconds.
     #[arg(long, env = "RINGFS_ELECTION_TIMEOUT_MS", default_value_t = 500)]
     pub election_timeout_ms: u64,
+    /// Leader lease for reads, in milliseconds: while a quorum acknowledged this leader
+    /// within this window, linearizable reads are served without another round trip.
+    /// Safe because followers refuse to elect anyone else for 2 x the election timeout
+    /// after hearing from the leader; must stay well below that. 0 disables lease reads
+    /// (every read then confirms leadership with a quorum).
+    #[arg(long, env = "RINGFS_LEASE_READ_MS", default_value_t = 250)]
+    pub lease_read_ms: u64,
     /// Build a Raft snapshot (and purge the log) after this many new entries.
     #[arg(long, env = "RINGFS_SNAPSHOT_LOGS", default_value_t = 20_000)]
     pub snapshot_logs: u64,

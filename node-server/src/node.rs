@@ -7,9 +7,10 @@ use crate::error::{NodeError, Result};
 use crate::sm::SmStore;
 use crate::types::{Command, NodeId, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, Vote};
 use ringfs_client::ChannelPool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 /// Request metadata marking a request a follower already forwarded, so the receiver never
@@ -28,6 +29,70 @@ pub struct Node {
     pub pool: ChannelPool,
     /// Serializes membership changes on the leader.
     pub membership_lock: Mutex<()>,
+    pub lease: LeaderLease,
+}
+
+/// When a quorum last acknowledged this node as leader, as seen in Raft's metrics.
+///
+/// Every metrics report of a leader carries the time since its last quorum
+/// acknowledgement; [`LeaderLease::track`] turns it into an instant. The instant is
+/// computed when the report is *observed*, so it can only be later than the true one by
+/// the observation delay — which the lease window (far below openraft's leader lease of
+/// `election_timeout_max`) absorbs, together with clock-rate drift between nodes.
+#[derive(Default)]
+pub struct LeaderLease {
+    acked: std::sync::Mutex<Option<(Vote<NodeId>, Instant)>>,
+}
+
+impl LeaderLease {
+    /// Follows the Raft metrics until shutdown.
+    pub async fn track(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut rx = node.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                let now = Instant::now();
+                let fresh = match (m.state, m.millis_since_quorum_ack) {
+                    (ServerState::Leader, Some(ms)) => now
+                        .checked_sub(Duration::from_millis(ms))
+                        .map(|t| (m.vote, t)),
+                    _ => None,
+                };
+                let mut acked = node.lease.acked.lock().unwrap_or_else(|e| e.into_inner());
+                *acked = match (acked.take(), fresh) {
+                    (Some((v, t)), Some((v2, t2))) if v == v2 => Some((v, t.max(t2))),
+                    (_, fresh) => fresh,
+                };
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// True when this node may serve a linearizable read without a quorum round trip: it
+    /// is the leader of the current term, a quorum acknowledged it within `window`, and
+    /// it has applied an entry of its own term (so everything committed before it took
+    /// over is applied; writes it acknowledged itself were applied before their reply).
+    fn holds(&self, node: &Node, window: Duration) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        let m = node.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader || m.current_leader != Some(node.id) {
+            return false;
+        }
+        let own_term_applied = m
+            .last_applied
+            .map(|l| l.leader_id == *m.vote.leader_id())
+            .unwrap_or(false);
+        if !own_term_applied {
+            return false;
+        }
+        let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(*acked, Some((v, t)) if v == m.vote && t.elapsed() < window)
+    }
 }
 
 pub fn now_ns() -> i64 {
@@ -106,6 +171,12 @@ impl Node {
     /// Waits until this node may serve a linearizable read: it is the leader, a quorum
     /// confirmed it, and everything committed before the read is applied.
     pub async fn linearizable(&self) -> Result<()> {
+        if self
+            .lease
+            .holds(self, Duration::from_millis(self.config.lease_read_ms))
+        {
+            return Ok(());
+        }
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
