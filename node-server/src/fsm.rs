@@ -1132,6 +1132,12 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             slices,
             min_size,
         } => write_slices(w, vol, ino, slices, min_size, now),
+        FsOp::CompactChunk {
+            ino,
+            chunk,
+            expect,
+            slices,
+        } => compact_chunk(w, vol, ino, chunk, expect, slices),
         other => Ok(Err(FsError::Invalid(format!(
             "{other:?} is not a write operation"
         )))),
@@ -1311,4 +1317,52 @@ fn write_slices(
     rec.attr.ctime_ns = now;
     put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
     Ok(Ok(FsReply::Attr(rec.attr)))
+}
+
+/// [`FsOp::CompactChunk`]: swaps the slices `expect` for `slices` only if the chunk still
+/// starts with exactly `expect`.
+/// New blocks are referenced before the old ones are released, so a block shared by
+/// both lists never drops to zero references in between.
+fn compact_chunk(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    ino: Ino,
+    chunk: u64,
+    expect: Vec<Slice>,
+    slices: Vec<Slice>,
+) -> Result<FsResult> {
+    let id = vol.info.id;
+    let rec = match need_inode(w, id, ino)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    if rec.attr.kind != FileKind::File {
+        return Ok(Err(FsError::Invalid(
+            "only regular files have chunks".into(),
+        )));
+    }
+    if slices.len() > expect.len() || slices.iter().any(|s| !s.is_valid()) {
+        return Ok(Err(FsError::Invalid(
+            "a compaction must bring fewer, well-formed slices".into(),
+        )));
+    }
+    let key = k_chunk(id, ino, chunk);
+    let mut current: Vec<Slice> = get(w, Tbl::Chunks, &key)?.unwrap_or_default();
+    // Slices appended since the read (writes, truncation masks) lie on top of the
+    // content that was compacted, so they stay on top of its replacement; anything
+    // else (another compaction, chunks dropped and rewritten) fails the swap.
+    if expect.is_empty() || !current.starts_with(&expect) {
+        return Ok(Ok(FsReply::Compacted { applied: false }));
+    }
+    let newer = current.split_off(expect.len());
+    incref_slices(w, &slices)?;
+    let mut list = slices;
+    list.extend(newer);
+    if list.is_empty() {
+        w.del(Tbl::Chunks, &key)?;
+    } else {
+        put(w, Tbl::Chunks, &key, &list)?;
+    }
+    decref_slices(w, &current)?;
+    Ok(Ok(FsReply::Compacted { applied: true }))
 }

@@ -185,6 +185,19 @@ pub enum FsOp {
     Forget {
         ino: Ino,
     },
+    /// Replaces the slices `expect` of chunk `chunk` by `slices` (the same content,
+    /// rewritten into fresh blocks, see [`crate::compact`]) if and only if the chunk's
+    /// list still begins with exactly `expect` — a compare-and-swap. Slices committed
+    /// after the read stay on top, so no write is ever undone; any other change
+    /// (another compaction, the chunk dropped) makes the swap fail.
+    /// The old slices' blocks are released (garbage-collected when unreferenced).
+    /// Replies [`FsReply::Compacted`]; sizes, times and quota do not change.
+    CompactChunk {
+        ino: Ino,
+        chunk: u64,
+        expect: Vec<Slice>,
+        slices: Vec<Slice>,
+    },
 }
 
 /// How [`FsOp::SetXattr`] treats an existing / missing attribute (setxattr(2) flags).
@@ -245,6 +258,10 @@ pub enum FsReply {
     Xattr(Vec<u8>),
     /// Extended attribute names, in name order.
     XattrNames(Vec<Vec<u8>>),
+    /// Whether a [`FsOp::CompactChunk`] replaced the chunk (false: it changed meanwhile).
+    Compacted {
+        applied: bool,
+    },
 }
 
 /// File-system errors; each maps to one errno.

@@ -3,6 +3,7 @@
 //! Nothing in this crate performs I/O or depends on an async runtime, so all of it is
 //! testable with plain unit and property tests.
 
+pub mod compact;
 pub mod error;
 pub mod fs;
 pub mod ids;

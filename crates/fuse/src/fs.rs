@@ -25,9 +25,11 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use ringfs_client::{ClientError, Vol};
+use ringfs_core::compact::COMPACT_THRESHOLD;
 use ringfs_core::fs::{Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR};
+use ringfs_core::slice::CHUNK_SIZE;
 use ringfs_core::Ino;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -36,6 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
+/// Bound on the per-chunk commit counters kept for compaction.
+const MAX_COMMIT_COUNTERS: usize = 100_000;
 /// Longest file name component (as in the state machine).
 const NAME_MAX: usize = 255;
 /// File capabilities are not supported: answering this xattr locally saves a metadata
@@ -103,7 +107,11 @@ pub struct RingFs {
     handles: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
-    blocks: io::BlockCache,
+    blocks: Arc<io::BlockCache>,
+    /// Commits per (inode, chunk) since its last compaction check.
+    commits: Mutex<HashMap<(Ino, u64), u32>>,
+    /// Chunks being compacted now (one compaction per chunk at a time).
+    compacting: Arc<Mutex<HashSet<(Ino, u64)>>>,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
 }
@@ -172,7 +180,7 @@ fn want_attr(r: FsReply) -> Result<Attr, Errno> {
 
 impl RingFs {
     pub fn new(vol: Vol, rt: Handle, opts: MountOptions) -> RingFs {
-        let blocks = io::BlockCache::new(opts.block_cache_bytes);
+        let blocks = Arc::new(io::BlockCache::new(opts.block_cache_bytes));
         RingFs {
             vol,
             rt,
@@ -182,6 +190,8 @@ impl RingFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             blocks,
+            commits: Mutex::new(HashMap::new()),
+            compacting: Arc::new(Mutex::new(HashSet::new())),
             notifier: Arc::new(OnceLock::new()),
         }
     }
@@ -221,23 +231,74 @@ impl RingFs {
         }
         if !st.dirty.is_empty() {
             let ext = st.dirty.take();
+            let touched: Vec<(u64, u64)> = ext
+                .iter()
+                .map(|(off, d)| (*off, *off + d.len() as u64))
+                .collect();
             self.rt
                 .block_on(io::commit_extents(&self.vol, ino, ext))
                 .map_err(|e| {
                     tracing::warn!(ino, error = %e, "committing buffered writes failed");
                     errno(&e)
                 })?;
+            for (a, b) in touched {
+                self.committed(ino, a, b);
+            }
         }
         if !st.append.is_empty() {
             let data = std::mem::take(&mut st.append);
-            self.rt
+            let len = data.len() as u64;
+            let attr = self
+                .rt
                 .block_on(io::commit_append(&self.vol, ino, data))
                 .map_err(|e| {
                     tracing::warn!(ino, error = %e, "committing appends failed");
                     errno(&e)
                 })?;
+            self.committed(ino, attr.size.saturating_sub(len), attr.size);
         }
         Ok(())
+    }
+
+    /// Counts a commit into `[a, b)` of `ino`; every [`COMPACT_THRESHOLD`] commits into
+    /// one chunk, that chunk is checked and compacted in the background.
+    fn committed(&self, ino: Ino, a: u64, b: u64) {
+        if b <= a {
+            return;
+        }
+        for chunk in a / CHUNK_SIZE..=(b - 1) / CHUNK_SIZE {
+            let due = {
+                let mut commits = lock(&self.commits);
+                if commits.len() > MAX_COMMIT_COUNTERS {
+                    // Forgetting counts only delays compaction; the state machine's
+                    // slice limit still holds.
+                    commits.clear();
+                }
+                let n = commits.entry((ino, chunk)).or_insert(0);
+                *n += 1;
+                if *n as usize >= COMPACT_THRESHOLD {
+                    commits.remove(&(ino, chunk));
+                    true
+                } else {
+                    false
+                }
+            };
+            if due && lock(&self.compacting).insert((ino, chunk)) {
+                let (vol, blocks, compacting) = (
+                    self.vol.clone(),
+                    self.blocks.clone(),
+                    self.compacting.clone(),
+                );
+                self.rt.spawn(async move {
+                    match io::compact_chunk(&vol, &blocks, ino, chunk).await {
+                        Ok(true) => tracing::debug!(ino, chunk, "chunk compacted"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(ino, chunk, error = %e, "compaction failed"),
+                    }
+                    lock(&compacting).remove(&(ino, chunk));
+                });
+            }
+        }
     }
 
     /// Flushes and reports (once) an earlier write-back failure.

@@ -10,6 +10,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use ringfs_client::cluster::LayoutView;
 use ringfs_client::files::{write_quorum, DOWNLOAD_PARALLELISM, UPLOAD_PARALLELISM};
 use ringfs_client::{ClientError, Cluster, Result, Vol};
+use ringfs_core::compact::{self, COMPACT_THRESHOLD};
 use ringfs_core::fs::{Attr, ChunkSlice, FsOp, FsReply};
 use ringfs_core::slice::{resolve, BlockRef, Piece, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE};
 use ringfs_core::{BlockId, Ino};
@@ -215,6 +216,80 @@ async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) 
     }
 }
 
+async fn read_pieces(vol: &Vol, cache: &BlockCache, pieces: Vec<Piece>) -> Result<Vec<Bytes>> {
+    let view = vol.cluster.layout().await?;
+    stream::iter(pieces.into_iter().map(|p| {
+        let view = view.clone();
+        async move { read_piece(vol, cache, &view, p).await }
+    }))
+    .buffered(DOWNLOAD_PARALLELISM)
+    .try_collect()
+    .await
+}
+
+/// Rewrites chunk `chunk` of `ino` into a few fresh slices when it holds more than
+/// [`COMPACT_THRESHOLD`] (see [`ringfs_core::compact`]), committed with a
+/// compare-and-swap on the slice list read. Returns whether the chunk was replaced;
+/// `false` also when a write changed it meanwhile (its new blocks are then deleted).
+pub async fn compact_chunk(vol: &Vol, cache: &BlockCache, ino: Ino, chunk: u64) -> Result<bool> {
+    let slices = match vol.fs(FsOp::ReadChunk { ino, chunk }).await? {
+        FsReply::Chunk { slices, .. } => slices,
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected chunk, got {other:?}"
+            )))
+        }
+    };
+    if slices.len() <= COMPACT_THRESHOLD {
+        return Ok(false);
+    }
+    let mut fresh: Vec<Slice> = Vec::new();
+    let mut uploaded: Vec<BlockRef> = Vec::new();
+    for run in compact::plan(&slices) {
+        let res = async {
+            let parts = read_pieces(vol, cache, resolve(&slices, run.pos, run.end())).await?;
+            let mut data = BytesMut::with_capacity(run.len as usize);
+            for p in parts {
+                data.extend_from_slice(&p);
+            }
+            upload(vol, split_blocks(data.freeze())).await
+        }
+        .await;
+        match res {
+            Ok(refs) => {
+                uploaded.extend_from_slice(&refs);
+                fresh.push(Slice {
+                    pos: run.pos,
+                    len: run.len,
+                    skip: 0,
+                    blocks: refs,
+                });
+            }
+            Err(e) => {
+                discard(vol, &uploaded).await;
+                return Err(e);
+            }
+        }
+    }
+    let op = FsOp::CompactChunk {
+        ino,
+        chunk,
+        expect: slices,
+        slices: fresh,
+    };
+    match vol.fs(op).await {
+        Ok(FsReply::Compacted { applied: true }) => Ok(true),
+        Ok(_) => {
+            discard(vol, &uploaded).await;
+            Ok(false)
+        }
+        Err(e) => {
+            discard(vol, &uploaded).await;
+            Err(e)
+        }
+    }
+}
+
 /// Chunk index → (file size, slices) as last read. Valid while the file stays open in
 /// this mount and this mount commits nothing to it (close-to-open consistency); the
 /// owner clears it at first open and after every commit or truncate.
@@ -234,6 +309,7 @@ pub async fn read_committed(
     let mut out = BytesMut::with_capacity(size as usize);
     let mut committed: Option<u64> = None;
     let mut pos = off;
+    let mut retried = false;
     loop {
         let chunk = pos / CHUNK_SIZE;
         let (size, slices) = match chunks.get(&chunk) {
@@ -258,14 +334,17 @@ pub async fn read_committed(
         let base = chunk * CHUNK_SIZE;
         let end = want_end.min(csize).min(base + CHUNK_SIZE);
         let pieces = resolve(&slices, (pos - base) as u32, (end - base) as u32);
-        let view = vol.cluster.layout().await?;
-        let parts: Vec<Bytes> = stream::iter(pieces.into_iter().map(|p| {
-            let view = view.clone();
-            async move { read_piece(vol, cache, &view, p).await }
-        }))
-        .buffered(DOWNLOAD_PARALLELISM)
-        .try_collect()
-        .await?;
+        let parts = match read_pieces(vol, cache, pieces).await {
+            Ok(p) => p,
+            // The cached slice list may name blocks that a compaction or another
+            // mount's overwrite released and the janitor deleted: read the list again.
+            Err(e) if !retried && chunks.remove(&chunk).is_some() => {
+                tracing::debug!(ino, chunk, error = %e, "re-reading a changed chunk");
+                retried = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for p in parts {
             out.extend_from_slice(&p);
         }

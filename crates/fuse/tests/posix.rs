@@ -393,3 +393,114 @@ fn measure_sequential_throughput() {
     }
     m.unmount().unwrap();
 }
+
+/// Thousands of small fsynced writes at random offsets of one file: background compaction
+/// keeps the chunk's slice count bounded, the content always matches an in-memory
+/// oracle, quota accounting stays exact, and the replaced blocks are garbage-collected.
+#[test]
+fn small_random_writes_are_compacted() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    use ringfs_core::compact::COMPACT_THRESHOLD;
+    use ringfs_core::fs::{FsOp, FsReply};
+    use std::os::unix::fs::FileExt;
+    let writes: usize = std::env::var("RINGFS_COMPACT_WRITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let seed: u64 = std::env::var("RINGFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() | 1);
+    eprintln!("compaction test seed {seed} (RINGFS_SEED to replay), {writes} writes");
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("compact", 1 << 30, 3));
+    let client = vol.clone();
+    let m = mount(&c, vol, "mnt", Default::default(), &rt);
+    let path = m.dir().join("f");
+    let mut oracle = content(5, 1 << 20);
+    fs::write(&path, &oracle).unwrap();
+    let ino = fs::metadata(&path).unwrap().ino();
+    let chunk0 = |v: ringfs_client::Vol| async move {
+        match v.fs(FsOp::ReadChunk { ino, chunk: 0 }).await.unwrap() {
+            FsReply::Chunk { slices, .. } => slices,
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    };
+    let slices_of = || rt.block_on(chunk0(client.clone()));
+
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut most = 0;
+    for i in 0..writes {
+        let off = (next() % (3 << 19)) as usize;
+        let len = 1 + (next() % 4096) as usize;
+        let data = content(next(), len);
+        f.write_all_at(&data, off as u64).unwrap();
+        f.sync_data().unwrap();
+        if oracle.len() < off + len {
+            oracle.resize(off + len, 0);
+        }
+        oracle[off..off + len].copy_from_slice(&data);
+        if i % 100 == 99 {
+            most = most.max(slices_of().len());
+            let mut got = vec![0u8; oracle.len()];
+            f.read_exact_at(&mut got, 0).unwrap();
+            assert!(got == oracle, "content differs after {} writes", i + 1);
+        }
+    }
+    drop(f);
+    eprintln!("most slices seen in the chunk: {most}");
+    // Unbounded growth would reach one slice per write.
+    assert!(
+        most <= 4 * COMPACT_THRESHOLD,
+        "{most} slices: compaction does not keep up"
+    );
+    rt.block_on(wait_for(
+        "the chunk compacted below two thresholds",
+        std::time::Duration::from_secs(60),
+        || async {
+            let s = chunk0(client.clone()).await;
+            (s.len() <= 2 * COMPACT_THRESHOLD).then_some(())
+        },
+    ));
+    // Fresh mount (no caches): the content is the oracle's.
+    m.unmount().unwrap();
+    let m = mount(&c, client.clone(), "mnt2", Default::default(), &rt);
+    assert!(fs::read(m.dir().join("f")).unwrap() == oracle);
+    // Quota: the file is the volume's only data.
+    match rt.block_on(client.fs(FsOp::StatFs)).unwrap() {
+        FsReply::StatFs(s) => assert_eq!(s.used_bytes, oracle.len() as u64),
+        other => panic!("expected statfs, got {other:?}"),
+    }
+    // Every block no longer referenced is deleted from every node.
+    rt.block_on(wait_for(
+        "unreferenced blocks collected",
+        std::time::Duration::from_secs(90),
+        || async {
+            let mut live: Vec<_> = chunk0(client.clone())
+                .await
+                .iter()
+                .flat_map(|s| s.blocks.iter().map(|b| b.id))
+                .collect();
+            live.sort();
+            live.dedup();
+            let counts: Vec<usize> = (1..=3).map(|i| c.block_files(i).len()).collect();
+            counts.iter().all(|n| *n == live.len()).then_some(())
+        },
+    ));
+    m.unmount().unwrap();
+}
