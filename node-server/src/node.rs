@@ -28,6 +28,8 @@ pub struct Node {
     pub pool: ChannelPool,
     /// Serializes membership changes on the leader.
     pub membership_lock: Mutex<()>,
+    /// Migration, repair and scrub state (see `migrate`).
+    pub migration: Arc<crate::migrate::Migration>,
 }
 
 pub fn now_ns() -> i64 {
