@@ -7,12 +7,52 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ringfs_client::{Cluster, Vol};
 use ringfs_core::fs::FileKind;
 use ringfs_core::units::{format_size, parse_size};
+use ringfs_proto::admin::RebalanceStatusReply;
 use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Leader, members, layout and stored data.
     Status,
+    /// Mark a node leaving: its data moves to the other nodes; remove it once drained.
+    /// Refused when fewer than the replication factor of active nodes would remain.
+    Drain {
+        /// Node id (see `ringfs cluster status`).
+        node: u64,
+        /// Cancel a drain in progress: the node becomes active again.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Remove a drained node from the cluster (refused until it is drained, unless
+    /// --force on a node that is down).
+    Remove {
+        node: u64,
+        /// Remove a down node whose data was not re-homed (restored from other replicas).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start one more local node process and join it (dev clusters from `ringfs dev up`).
+    AddNode {
+        /// The dev cluster's directory.
+        #[arg(long, default_value = "ringfs-dev")]
+        dir: std::path::PathBuf,
+        /// Capacity the new node offers.
+        #[arg(long, default_value = "10GiB")]
+        capacity: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RebalanceCmd {
+    /// Data movement progress: partitions and bytes left, rate, ETA.
+    Status {
+        /// Keep showing progress (a progress bar) until the cluster is healthy.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between updates with --watch.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +127,26 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
     let cluster = Cluster::new(seeds)?;
     match cmd {
         Command::Cluster(ClusterCmd::Status) => status(&cluster, json).await,
+        Command::Cluster(ClusterCmd::Drain { node, cancel }) => {
+            let r = cluster.drain(node, cancel).await?;
+            println!("{}", r.message);
+            Ok(())
+        }
+        Command::Cluster(ClusterCmd::Remove { node, force }) => {
+            let r = cluster.remove_node(node, force).await?;
+            if r.removed {
+                println!("node {node} removed (layout v{})", r.layout_version);
+            } else {
+                println!("node {node} is not a member; nothing to do");
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCmd::AddNode { dir, capacity }) => {
+            crate::dev::add_node(&dir, &capacity).await
+        }
+        Command::Rebalance(RebalanceCmd::Status { watch, interval }) => {
+            rebalance_status(&cluster, watch, interval, json).await
+        }
         Command::Volume(v) => volume(&cluster, v, json).await,
         Command::Put { src, dst } => {
             let (vname, path) = split_remote(&dst)?;
@@ -201,13 +261,107 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
     }
 }
 
+fn rebalance_line(r: &RebalanceStatusReply) -> String {
+    let versions: Vec<String> = r.live_versions.iter().map(|v| format!("v{v}")).collect();
+    format!(
+        "layout v{} (live: {}), {} of {} partition copies left, {} of {} moved, {}/s, eta {}, \
+         under-replicated {}: {}",
+        r.layout_version,
+        versions.join(","),
+        r.partitions_left,
+        r.partitions_total,
+        format_size(r.bytes_moved),
+        format_size(r.bytes_total),
+        format_size(r.rate_bytes_per_sec as u64),
+        if r.eta_seconds > 0.0 {
+            format!("{:.0}s", r.eta_seconds)
+        } else {
+            "-".into()
+        },
+        r.under_replicated,
+        r.message
+    )
+}
+
+async fn rebalance_status(
+    cluster: &Arc<Cluster>,
+    watch: bool,
+    interval: f64,
+    json: bool,
+) -> Result<()> {
+    if !(interval > 0.0 && interval.is_finite()) {
+        bail!("--interval must be a positive number of seconds");
+    }
+    let r = cluster.rebalance_status().await?;
+    if json {
+        let v = serde_json::json!({
+            "layout_version": r.layout_version, "live_versions": r.live_versions,
+            "active": r.active, "healthy": r.healthy,
+            "partitions_total": r.partitions_total, "partitions_left": r.partitions_left,
+            "bytes_total": r.bytes_total, "bytes_moved": r.bytes_moved, "bytes_left": r.bytes_left,
+            "rate_bytes_per_sec": r.rate_bytes_per_sec, "eta_seconds": r.eta_seconds,
+            "under_replicated": r.under_replicated, "message": r.message,
+            "nodes": r.nodes.iter().map(|n| serde_json::json!({"id": n.id, "state": n.state, "partitions": n.partitions})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if !watch {
+        println!("{}", rebalance_line(&r));
+        for n in &r.nodes {
+            println!(
+                "  node {:>3}  {:<9} {:>5} partitions  {}",
+                n.id, n.state, n.partitions, n.addr
+            );
+        }
+        println!("healthy: {}", r.healthy);
+        return Ok(());
+    }
+    let pb = ProgressBar::new(u64::from(r.partitions_total.max(1)));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} partitions {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut r = r;
+    loop {
+        pb.set_length(u64::from(r.partitions_total.max(1)));
+        pb.set_position(u64::from(
+            r.partitions_total.saturating_sub(r.partitions_left),
+        ));
+        pb.set_message(format!(
+            "{} left, {}/s, eta {}, v{} live {:?}",
+            format_size(r.bytes_left),
+            format_size(r.rate_bytes_per_sec as u64),
+            if r.eta_seconds > 0.0 {
+                format!("{:.0}s", r.eta_seconds)
+            } else {
+                "-".into()
+            },
+            r.layout_version,
+            r.live_versions
+        ));
+        if pb.is_hidden() {
+            println!("{}", rebalance_line(&r));
+        }
+        if r.healthy {
+            pb.finish_with_message("healthy: one layout version live, every partition at RF");
+            if pb.is_hidden() {
+                println!("healthy");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs_f64(interval)).await;
+        r = cluster.rebalance_status().await?;
+    }
+}
+
 async fn status(cluster: &Arc<Cluster>, json: bool) -> Result<()> {
     let s = cluster.status().await?;
     if json {
         let nodes: Vec<_> = s
             .nodes
             .iter()
-            .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "zone": n.zone, "capacity_bytes": n.capacity_bytes, "role": n.role}))
+            .map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "zone": n.zone, "capacity_bytes": n.capacity_bytes, "role": n.role, "state": n.state, "partitions": n.partitions}))
             .collect();
         let v = serde_json::json!({
             "leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term,
@@ -239,12 +393,14 @@ async fn status(cluster: &Arc<Cluster>, json: bool) -> Result<()> {
             Err(_) => "unreachable".to_string(),
         };
         println!(
-            "  {:>3}  {:<22} zone={:<10} capacity={:<10} {:<8} {}",
+            "  {:>3}  {:<22} zone={:<10} capacity={:<10} {:<8} {:<9} {:>5} partitions  {}",
             n.id,
             n.addr,
             n.zone,
             format_size(n.capacity_bytes),
             n.role,
+            n.state,
+            n.partitions,
             stored
         );
     }

@@ -314,6 +314,150 @@ async fn stop_mount(m: &DevMount) -> Result<()> {
     Ok(())
 }
 
+/// Starts node `i` of a dev cluster in `dir` and waits until it reports its addresses.
+async fn spawn_node(
+    bin: &Path,
+    dir: &Path,
+    i: u32,
+    base_port: u16,
+    capacity: u64,
+    seeds: &[String],
+) -> Result<DevNode> {
+    let data_dir = dir.join(format!("node-{i}"));
+    std::fs::create_dir_all(&data_dir)?;
+    let _ = std::fs::remove_file(data_dir.join("ADDR"));
+    let (listen, http) = if base_port == 0 {
+        ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
+    } else {
+        let p = base_port as u32 + 2 * (i - 1);
+        if p + 1 > u16::MAX as u32 {
+            bail!("--base-port {base_port} leaves no room for node {i}");
+        }
+        (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 1))
+    };
+    let log = data_dir.join("node.log");
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--id")
+        .arg(i.to_string())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--listen")
+        .arg(&listen)
+        .arg("--http-listen")
+        .arg(&http)
+        .arg("--capacity")
+        .arg(capacity.to_string())
+        .arg("--zone")
+        .arg(format!("zone-{}", (i - 1) % 3 + 1))
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        // Own process group: Ctrl-C in this terminal must not kill the nodes.
+        .process_group(0);
+    if i == 1 {
+        cmd.arg("--bootstrap");
+    } else {
+        cmd.arg("--join").arg(seeds.join(","));
+    }
+    let child = cmd.spawn().with_context(|| {
+        format!(
+            "cannot start {} (build it with `cargo build`, or set RINGFS_NODE_BIN)",
+            bin.display()
+        )
+    })?;
+    let pid = child.id();
+    // Wait for the node to report its addresses.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (addr, http_addr) = loop {
+        if let Some(a) = read_addr_file(&data_dir) {
+            break a;
+        }
+        if !alive(pid) {
+            bail!("node {i} exited during start-up; see {}", log.display());
+        }
+        if Instant::now() > deadline {
+            bail!("node {i} did not start within 30s; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(DevNode {
+        id: i as u64,
+        addr,
+        http: http_addr,
+        pid,
+        data_dir,
+        log,
+    })
+}
+
+/// `ringfs cluster add-node`: starts one more node process for the dev cluster in `dir`,
+/// joins it and records it in the cluster file.
+pub async fn add_node(dir: &Path, capacity: &str) -> Result<()> {
+    let capacity = ringfs_core::units::parse_size(capacity)?;
+    let dir = dir.canonicalize().with_context(|| {
+        format!(
+            "no dev cluster in {}; start one with `ringfs dev up`",
+            dir.display()
+        )
+    })?;
+    let mut state = DevState::load(&dir).with_context(|| {
+        format!(
+            "no dev cluster in {}; start one with `ringfs dev up`",
+            dir.display()
+        )
+    })?;
+    let seeds: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| alive(n.pid))
+        .map(|n| n.addr.clone())
+        .collect();
+    if seeds.is_empty() {
+        bail!(
+            "no node of the dev cluster in {} is running; run `ringfs dev up` first",
+            dir.display()
+        );
+    }
+    let id = state.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    let i = u32::try_from(id).context("too many nodes")?;
+    // Continue the port pattern of node 1 (BASE + 2(N-1)); free ports otherwise.
+    let base_port = state
+        .nodes
+        .iter()
+        .find(|n| n.id == 1)
+        .and_then(|n| n.addr.rsplit(':').next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    let node = spawn_node(&node_binary(), &dir, i, base_port, capacity, &seeds).await?;
+    println!(
+        "started node {id} at {} (log {})",
+        node.addr,
+        node.log.display()
+    );
+    state.nodes.push(node);
+    state.save(&dir)?;
+    let cluster = Cluster::new(seeds)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = cluster.status().await {
+            if s.nodes.iter().any(|n| n.id == id && n.partitions > 0) {
+                println!(
+                    "node {id} joined (layout v{}); follow the rebalance with `ringfs rebalance status --watch`",
+                    s.layout_version
+                );
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("node {id} did not join within 60s; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn up(
     n: u32,
     dir: &Path,
@@ -354,76 +498,10 @@ async fn up(
     };
     let mut seeds: Vec<String> = Vec::new();
     for i in 1..=n {
-        let data_dir = dir.join(format!("node-{i}"));
-        std::fs::create_dir_all(&data_dir)?;
-        let _ = std::fs::remove_file(data_dir.join("ADDR"));
-        let (listen, http) = if base_port == 0 {
-            ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
-        } else {
-            let p = base_port as u32 + 2 * (i - 1);
-            if p + 1 > u16::MAX as u32 {
-                bail!("--base-port {base_port} leaves no room for {n} nodes");
-            }
-            (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 1))
-        };
-        let log = data_dir.join("node.log");
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let mut cmd = std::process::Command::new(&bin);
-        cmd.arg("--id")
-            .arg(i.to_string())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--http-listen")
-            .arg(&http)
-            .arg("--capacity")
-            .arg(capacity.to_string())
-            .arg("--zone")
-            .arg(format!("zone-{}", (i - 1) % 3 + 1))
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            // Own process group: Ctrl-C in this terminal must not kill the nodes.
-            .process_group(0);
-        if i == 1 {
-            cmd.arg("--bootstrap");
-        } else {
-            cmd.arg("--join").arg(seeds.join(","));
-        }
-        let child = cmd.spawn().with_context(|| {
-            format!(
-                "cannot start {} (build it with `cargo build`, or set RINGFS_NODE_BIN)",
-                bin.display()
-            )
-        })?;
-        let pid = child.id();
-        // Wait for the node to report its addresses.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (addr, http_addr) = loop {
-            if let Some(a) = read_addr_file(&data_dir) {
-                break a;
-            }
-            if !alive(pid) {
-                bail!("node {i} exited during start-up; see {}", log.display());
-            }
-            if Instant::now() > deadline {
-                bail!("node {i} did not start within 30s; see {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let node = spawn_node(&bin, &dir, i, base_port, capacity, &seeds).await?;
+        let addr = node.addr.clone();
         seeds.push(addr.clone());
-        state.nodes.push(DevNode {
-            id: i as u64,
-            addr,
-            http: http_addr,
-            pid,
-            data_dir,
-            log,
-        });
+        state.nodes.push(node);
         state.save(&dir)?;
     }
     // Wait until every node has joined and the layout covers them all.

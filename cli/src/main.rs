@@ -34,6 +34,9 @@ pub(crate) enum Cmd {
     /// Cluster state.
     #[command(subcommand)]
     Cluster(commands::ClusterCmd),
+    /// Data movement between nodes (after joins, drains and failures).
+    #[command(subcommand)]
+    Rebalance(commands::RebalanceCmd),
     /// Create, list, resize and delete volumes.
     #[command(subcommand)]
     Volume(commands::VolumeCmd),

@@ -1,6 +1,7 @@
 //! `AdminService`: status, membership (join), layout, health.
 
 use crate::fsm;
+use crate::members::{self, NodeState};
 use crate::meta::refusal;
 use crate::node::{Node, Route};
 use crate::sm::membership_nodes;
@@ -12,6 +13,7 @@ use ringfs_proto::admin::admin_service_server::{AdminService, AdminServiceServer
 use ringfs_proto::admin::*;
 use ringfs_proto::MAX_MESSAGE_BYTES;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -178,32 +180,8 @@ impl AdminService for AdminServer {
         let m = self.node.raft.metrics().borrow().clone();
         let tx = self.node.sm.read()?;
         let layout = fsm::current_layout(&tx)?;
-        let records = fsm::nodes(&tx)?;
         let volumes = fsm::list_volumes(&tx)?.len() as u64;
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        let mut nodes: Vec<NodeInfo> = membership_nodes(&m.membership_config)
-            .into_iter()
-            .map(|(id, addr, voter)| {
-                let rec = records.iter().find(|n| n.spec.id == id);
-                NodeInfo {
-                    id,
-                    addr,
-                    zone: rec.map(|r| r.spec.zone.clone()).unwrap_or_default(),
-                    capacity_bytes: rec.map(|r| r.spec.capacity).unwrap_or(0),
-                    role: if voter || voters.contains(&id) {
-                        "voter".into()
-                    } else {
-                        "learner".into()
-                    },
-                    state: "active".into(),
-                    partitions: layout
-                        .as_ref()
-                        .map(|l| l.assignment.iter().filter(|n| **n == id).count() as u32)
-                        .unwrap_or(0),
-                }
-            })
-            .collect();
-        nodes.sort_by_key(|n| n.id);
+        let nodes = node_infos(&self.node, &tx)?;
         let leader_addr = m
             .current_leader
             .and_then(|l| {
@@ -214,6 +192,7 @@ impl AdminService for AdminServer {
             })
             .unwrap_or_default();
         let (blocks, bytes) = self.node.blocks.stats();
+        let c = &self.node.migration.counters;
         Ok(Response::new(StatusReply {
             node_id: self.node.id,
             leader_id: m.current_leader.unwrap_or(0),
@@ -228,6 +207,10 @@ impl AdminService for AdminServer {
             volumes,
             blocks_stored: blocks,
             bytes_stored: bytes,
+            scrub_passes: c.scrub_passes.load(Ordering::Relaxed),
+            scrub_checked: c.scrub_checked.load(Ordering::Relaxed),
+            scrub_errors: c.scrub_errors.load(Ordering::Relaxed),
+            scrub_repaired: c.scrub_repaired.load(Ordering::Relaxed),
         }))
     }
 
@@ -273,24 +256,252 @@ impl AdminService for AdminServer {
         Ok(Response::new(HealthReply { ready, detail }))
     }
 
-    // Membership transitions (issue 5) land with the migration scheduler; until then these
-    // say so instead of pretending.
-    async fn drain(&self, _req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        Err(Status::unimplemented("drain is not implemented yet"))
+    #[instrument(skip_all, fields(node = req.get_ref().node_id, cancel = req.get_ref().cancel), err)]
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        if let Route::Forward(addr) = self.node.route(&req).await? {
+            return self
+                .client(&addr)?
+                .drain(Node::forwarded(req.into_inner()))
+                .await;
+        }
+        let r = req.into_inner();
+        let state = {
+            let tx = self.node.sm.read()?;
+            if !fsm::nodes(&tx)?.iter().any(|n| n.spec.id == r.node_id) {
+                return Err(Status::not_found(format!(
+                    "node {} is not a member of the cluster; `ringfs cluster status` lists the \
+                     members",
+                    r.node_id
+                )));
+            }
+            members::node_state(&tx, r.node_id)?
+        };
+        let target = if r.cancel {
+            match state {
+                NodeState::Draining | NodeState::Drained => NodeState::Active,
+                NodeState::Active => {
+                    return Ok(Response::new(DrainReply {
+                        layout_version: self.current_version()?,
+                        message: format!("node {} is not draining; nothing to cancel", r.node_id),
+                    }))
+                }
+                NodeState::Down => {
+                    return Err(Status::failed_precondition(format!(
+                        "node {} is down; it becomes active again by itself once it answers",
+                        r.node_id
+                    )))
+                }
+            }
+        } else {
+            NodeState::Draining
+        };
+        match self
+            .node
+            .write(Command::SetNodeState {
+                id: r.node_id,
+                state: target,
+            })
+            .await?
+        {
+            SmResponse::Layout { version, changed } => {
+                let message = match (r.cancel, changed) {
+                    (true, _) => format!("node {} is active again (layout v{version})", r.node_id),
+                    (false, true) => format!(
+                        "node {} is draining: layout v{version} gives it no partitions; follow \
+                         the data moving away with `ringfs rebalance status --watch`",
+                        r.node_id
+                    ),
+                    (false, false) => format!(
+                        "node {} is already {} (layout v{version})",
+                        r.node_id,
+                        state.as_str()
+                    ),
+                };
+                Ok(Response::new(DrainReply {
+                    layout_version: version,
+                    message,
+                }))
+            }
+            SmResponse::Refused { code, message } => Err(refusal(code, message)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
     }
 
-    async fn remove(&self, _req: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
-        Err(Status::unimplemented("remove is not implemented yet"))
+    #[instrument(skip_all, fields(node = req.get_ref().node_id, force = req.get_ref().force), err)]
+    async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
+        if let Route::Forward(addr) = self.node.route(&req).await? {
+            return self
+                .client(&addr)?
+                .remove(Node::forwarded(req.into_inner()))
+                .await;
+        }
+        let r = req.into_inner();
+        if r.node_id == self.node.id {
+            return Err(Status::failed_precondition(format!(
+                "node {} is the Raft leader; it cannot remove itself. Drain it, then remove it \
+                 through another node once leadership has moved (restart it to step down)",
+                r.node_id
+            )));
+        }
+        let removed = match self
+            .node
+            .write(Command::RemoveNode {
+                id: r.node_id,
+                force: r.force,
+            })
+            .await?
+        {
+            SmResponse::Deleted(removed) => removed,
+            SmResponse::Refused { code, message } => return Err(refusal(code, message)),
+            other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+        };
+        // Leave Raft too: first make sure enough voters remain (the scheduler promotes
+        // learners; do it here so removal is immediate), then drop the node.
+        let _guard = self.node.membership_lock.lock().await;
+        let m = self.node.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership_nodes(&m)
+            .iter()
+            .any(|(id, _, voter)| *id == r.node_id && *voter);
+        if is_voter {
+            let learners: Vec<u64> = membership_nodes(&m)
+                .iter()
+                .filter(|(id, _, voter)| !voter && *id != r.node_id)
+                .map(|(id, _, _)| *id)
+                .collect();
+            if let Some(l) = learners.first() {
+                self.node
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*l])), false)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("promoting node {l} failed: {e}")))?;
+            }
+            self.node
+                .raft
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([r.node_id])),
+                    false,
+                )
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("demoting node {} failed: {e}", r.node_id))
+                })?;
+        }
+        let present = membership_nodes(&self.node.raft.metrics().borrow().membership_config)
+            .iter()
+            .any(|(id, _, _)| *id == r.node_id);
+        if present {
+            self.node
+                .raft
+                .change_membership(
+                    ChangeMembers::RemoveNodes(BTreeSet::from([r.node_id])),
+                    false,
+                )
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "removing node {} from Raft failed: {e}",
+                        r.node_id
+                    ))
+                })?;
+        }
+        Ok(Response::new(RemoveReply {
+            layout_version: self.current_version()?,
+            removed,
+        }))
     }
 
+    #[instrument(skip_all, err)]
     async fn rebalance_status(
         &self,
-        _req: Request<RebalanceStatusRequest>,
+        req: Request<RebalanceStatusRequest>,
     ) -> Result<Response<RebalanceStatusReply>, Status> {
-        Err(Status::unimplemented(
-            "rebalance status is not implemented yet",
-        ))
+        if let Route::Forward(addr) = self.node.route(&req).await? {
+            return self
+                .client(&addr)?
+                .rebalance_status(Node::forwarded(req.into_inner()))
+                .await;
+        }
+        let p = self.node.migration.progress();
+        let tx = self.node.sm.read()?;
+        let live = fsm::layouts(&tx)?;
+        let nodes = node_infos(&self.node, &tx)?;
+        let any_down = nodes.iter().any(|n| n.state == NodeState::Down.as_str());
+        let newest = live.first().map(|l| l.version).unwrap_or(0);
+        // Progress from a scheduler that has not looked at the newest version yet is
+        // stale: say so rather than report an old version's numbers.
+        let current = p.version == newest;
+        let healthy = live.len() == 1 && !any_down && current && p.under_replicated == 0;
+        Ok(Response::new(RebalanceStatusReply {
+            layout_version: newest,
+            live_versions: live.iter().map(|l| l.version).collect(),
+            active: live.len() > 1 || (current && p.active),
+            partitions_total: if current { p.partitions_total } else { 0 },
+            partitions_left: if current { p.partitions_left } else { 0 },
+            bytes_total: if current { p.bytes_total } else { 0 },
+            bytes_moved: if current { p.bytes_moved } else { 0 },
+            bytes_left: if current { p.bytes_left } else { 0 },
+            rate_bytes_per_sec: if current { p.rate } else { 0.0 },
+            eta_seconds: if current { p.eta } else { 0.0 },
+            under_replicated: p.under_replicated,
+            nodes,
+            healthy,
+            message: if current {
+                p.message
+            } else {
+                "the scheduler is planning the newest layout".into()
+            },
+            queued: p.queue,
+            running: p.running,
+            repair_backlog: p.repair_backlog,
+        }))
     }
+}
+
+impl AdminServer {
+    fn current_version(&self) -> Result<u64, Status> {
+        let tx = self.node.sm.read()?;
+        Ok(fsm::current_layout(&tx)?.map(|l| l.version).unwrap_or(0))
+    }
+}
+
+/// Every Raft member with its role, membership state and partitions in the newest layout.
+fn node_infos(node: &Node, tx: &impl crate::sm::Reader) -> Result<Vec<NodeInfo>, Status> {
+    let m = node.raft.metrics().borrow().membership_config.clone();
+    let layout = fsm::current_layout(tx)?;
+    let records = fsm::nodes(tx)?;
+    let mut ids: BTreeSet<u64> = membership_nodes(&m).iter().map(|n| n.0).collect();
+    ids.extend(records.iter().map(|r| r.spec.id));
+    let members = membership_nodes(&m);
+    let mut out = Vec::new();
+    for id in ids {
+        let rec = records.iter().find(|n| n.spec.id == id);
+        let member = members.iter().find(|n| n.0 == id);
+        let state = if rec.is_some() {
+            members::node_state(tx, id)?.as_str().to_string()
+        } else {
+            "joining".to_string()
+        };
+        out.push(NodeInfo {
+            id,
+            addr: member
+                .map(|m| m.1.clone())
+                .or_else(|| rec.map(|r| r.addr.clone()))
+                .unwrap_or_default(),
+            zone: rec.map(|r| r.spec.zone.clone()).unwrap_or_default(),
+            capacity_bytes: rec.map(|r| r.spec.capacity).unwrap_or(0),
+            role: match member {
+                Some((_, _, true)) => "voter".into(),
+                Some(_) => "learner".into(),
+                None => "none".into(),
+            },
+            state,
+            partitions: layout
+                .as_ref()
+                .map(|l| l.assignment.iter().filter(|n| **n == id).count() as u32)
+                .unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 /// Ready = a leader is known, this node is a member, and it has applied what it has.

@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool,
         membership_lock: tokio::sync::Mutex::new(()),
         lease: Default::default(),
+        migration: crate::migrate::Migration::new(config.migrate_bandwidth),
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -95,7 +96,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .add_service(RaftServer::server(raft.clone()))
             .add_service(MetaServer::server(node.clone()))
             .add_service(AdminServer::server(node.clone()))
-            .add_service(crate::blocks::server(blocks.clone()))
+            .add_service(crate::blocks::server_with_hooks(
+                blocks.clone(),
+                Arc::new(crate::migrate::Hooks { node: node.clone() }),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = rx.changed().await;
             })
@@ -129,6 +133,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(register(node.clone(), shutdown_rx.clone()));
     tokio::spawn(crate::janitor::run(node.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::migrate::run(node.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::migrate::run_stale_gc(
+        node.clone(),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(crate::scrub::run(node.clone(), shutdown_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

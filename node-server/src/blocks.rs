@@ -55,7 +55,7 @@ use ringfs_proto::block::block_service_server::{BlockService, BlockServiceServer
 use ringfs_proto::block::{
     get_block_reply, put_block_request, BlockHeader, DeleteBlocksReply, DeleteBlocksRequest,
     GetBlockReply, GetBlockRequest, HasBlocksReply, HasBlocksRequest, ListBlocksReply,
-    ListBlocksRequest, PutBlockReply, PutBlockRequest, SegmentData,
+    ListBlocksRequest, PullReply, PullRequest, PutBlockReply, PutBlockRequest, SegmentData,
 };
 use ringfs_proto::{MAX_MESSAGE_BYTES, STREAM_CHUNK_BYTES};
 use std::collections::BTreeSet;
@@ -753,10 +753,32 @@ impl BlockStore {
         after: Option<BlockId>,
         limit: u32,
     ) -> Result<Vec<BlockRef>> {
-        self.blocking(move |s| s.list_blocking(after, limit)).await
+        self.blocking(move |s| s.list_blocking(after, limit, &|_| true))
+            .await
     }
 
-    fn list_blocking(&self, after: Option<BlockId>, limit: u32) -> Result<Vec<BlockRef>> {
+    /// Like [`BlockStore::list`], only blocks of `partitions` (of `partition_count`).
+    pub async fn list_partitions(
+        self: &Arc<Self>,
+        after: Option<BlockId>,
+        limit: u32,
+        partitions: std::collections::HashSet<u32>,
+        partition_count: u32,
+    ) -> Result<Vec<BlockRef>> {
+        self.blocking(move |s| {
+            s.list_blocking(after, limit, &|id: BlockId| {
+                partitions.contains(&id.partition(partition_count))
+            })
+        })
+        .await
+    }
+
+    fn list_blocking(
+        &self,
+        after: Option<BlockId>,
+        limit: u32,
+        keep: &dyn Fn(BlockId) -> bool,
+    ) -> Result<Vec<BlockRef>> {
         let limit = match limit {
             0 => DEFAULT_LIST_LIMIT,
             n => n.min(MAX_LIST_LIMIT),
@@ -769,7 +791,7 @@ impl BlockStore {
             for entry in fs::read_dir(&dir).map_err(io_err(ctx()))? {
                 let name = entry.map_err(io_err(ctx()))?.file_name();
                 if let Some(id) = name.to_str().and_then(|n| n.parse::<BlockId>().ok()) {
-                    if id.0[0] == shard && after.is_none_or(|a| id > a) {
+                    if id.0[0] == shard && after.is_none_or(|a| id > a) && keep(id) {
                         ids.push(id);
                     }
                 }
@@ -942,15 +964,38 @@ fn verify_file(id: BlockId, file: &File) -> Result<FileHeader> {
     })
 }
 
+/// What the block service needs from the rest of the node for layout transitions
+/// (implemented by `migrate::Hooks`; absent in store-only tests).
+#[tonic::async_trait]
+pub trait BlockHooks: Send + Sync + 'static {
+    /// Admits a put made with `layout_version` (0: unchecked); the returned guard is held
+    /// until the block is stored.
+    async fn admit_put(&self, layout_version: u64) -> Result<Box<dyn Send + Sync>, Status>;
+    /// Waits until listing for a copy under `min_layout_version` is safe.
+    async fn before_list(&self, min_layout_version: u64) -> Result<(), Status>;
+    /// Copies the missing blocks of some partitions from other nodes.
+    async fn pull(&self, req: PullRequest) -> Result<PullReply, Status>;
+}
+
 /// The gRPC face of a [`BlockStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BlockServiceImpl {
     store: Arc<BlockStore>,
+    hooks: Option<Arc<dyn BlockHooks>>,
+}
+
+impl std::fmt::Debug for BlockServiceImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockServiceImpl")
+            .field("store", &self.store.dir())
+            .field("hooks", &self.hooks.is_some())
+            .finish()
+    }
 }
 
 impl BlockServiceImpl {
     pub fn new(store: Arc<BlockStore>) -> Self {
-        BlockServiceImpl { store }
+        BlockServiceImpl { store, hooks: None }
     }
 }
 
@@ -960,6 +1005,19 @@ pub fn server(store: Arc<BlockStore>) -> BlockServiceServer<BlockServiceImpl> {
     BlockServiceServer::new(BlockServiceImpl::new(store))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// [`server`] with the node's layout-transition hooks.
+pub fn server_with_hooks(
+    store: Arc<BlockStore>,
+    hooks: Arc<dyn BlockHooks>,
+) -> BlockServiceServer<BlockServiceImpl> {
+    BlockServiceServer::new(BlockServiceImpl {
+        store,
+        hooks: Some(hooks),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn parse_id(bytes: &[u8], what: &str) -> Result<BlockId, Status> {
@@ -980,6 +1038,7 @@ fn header_msg(block: &BlockRef) -> BlockHeader {
         id: Bytes::copy_from_slice(&block.id.0),
         len: block.len,
         crc32c: block.crc,
+        layout_version: 0,
     }
 }
 
@@ -1060,6 +1119,10 @@ impl BlockService for BlockServiceImpl {
                 header.len
             )));
         }
+        let _admitted = match &self.hooks {
+            Some(h) => Some(h.admit_put(header.layout_version).await?),
+            None => None,
+        };
         let already_present = self
             .store
             .put(id, header.len, header.crc32c, chunks)
@@ -1122,10 +1185,37 @@ impl BlockService for BlockServiceImpl {
             Span::current().record("after", field::display(id));
             Some(id)
         };
-        let blocks = self.store.list(after, req.limit).await?;
+        if req.min_layout_version > 0 {
+            if let Some(h) = &self.hooks {
+                h.before_list(req.min_layout_version).await?;
+            }
+        }
+        let blocks = if req.partitions.is_empty() {
+            self.store.list(after, req.limit).await?
+        } else {
+            if req.partition_count == 0 {
+                return Err(Status::invalid_argument(
+                    "partition_count must be set when partitions are given",
+                ));
+            }
+            let set = req.partitions.iter().copied().collect();
+            self.store
+                .list_partitions(after, req.limit, set, req.partition_count)
+                .await?
+        };
         Ok(Response::new(ListBlocksReply {
             blocks: blocks.iter().map(header_msg).collect(),
         }))
+    }
+
+    #[instrument(skip_all, fields(partitions = request.get_ref().partitions.len()), err)]
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        match &self.hooks {
+            Some(h) => Ok(Response::new(h.pull(request.into_inner()).await?)),
+            None => Err(Status::unimplemented(
+                "this block service runs without a node and cannot pull",
+            )),
+        }
     }
 }
 
@@ -1553,6 +1643,7 @@ mod tests {
                 id: Bytes::copy_from_slice(id),
                 len,
                 crc32c: crc,
+                layout_version: 0,
             })
         };
         let id = BlockId::from_u128(19);

@@ -69,6 +69,36 @@ pub struct Config {
     /// the log instead of receiving the whole snapshot.
     #[arg(long, env = "RINGFS_SNAPSHOT_KEEP_LOGS", default_value_t = 1000)]
     pub snapshot_keep_logs: u64,
+    /// Bandwidth cap of migration, repair and scrub-repair copies into this node, per
+    /// second (e.g. 50MiB). Foreground I/O is never throttled.
+    #[arg(long, env = "RINGFS_MIGRATE_BANDWIDTH", default_value = "50MiB", value_parser = parse_size_arg)]
+    pub migrate_bandwidth: u64,
+    /// Concurrent migration transfers per node (as destination or source).
+    #[arg(long, env = "RINGFS_MIGRATE_CONCURRENCY", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub migrate_concurrency: u64,
+    /// Partitions per migration transfer.
+    #[arg(long, env = "RINGFS_MIGRATE_BATCH", default_value_t = 16,
+        value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub migrate_batch: u64,
+    /// Deadline of one migration transfer, in seconds; a transfer past it is retried.
+    #[arg(long, env = "RINGFS_TRANSFER_DEADLINE_SECS", default_value_t = 300)]
+    pub transfer_deadline_secs: u64,
+    /// A node unreachable this long (seconds) is marked down and its partitions are
+    /// re-replicated elsewhere.
+    #[arg(long, env = "RINGFS_DOWN_GRACE_SECS", default_value_t = 60)]
+    pub down_grace_secs: u64,
+    /// Seconds between scrub passes (checksum re-verification of every local block, then
+    /// a comparison with the other replicas); 0 disables scrub.
+    #[arg(long, env = "RINGFS_SCRUB_INTERVAL_SECS", default_value_t = 86_400)]
+    pub scrub_interval_secs: u64,
+    /// Read rate of scrub, per second (e.g. 16MiB).
+    #[arg(long, env = "RINGFS_SCRUB_BANDWIDTH", default_value = "16MiB", value_parser = parse_size_arg)]
+    pub scrub_bandwidth: u64,
+    /// Seconds between sweeps deleting local copies of partitions this node no longer owns
+    /// in any live layout version.
+    #[arg(long, env = "RINGFS_STALE_GC_INTERVAL_SECS", default_value_t = 60)]
+    pub stale_gc_interval_secs: u64,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

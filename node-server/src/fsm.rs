@@ -25,9 +25,9 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 pub const MAX_SLICES_PER_CHUNK: usize = 4096;
 
 const K_NEXT_VOLUME: &[u8] = b"next_volume_id";
-const K_LAYOUT_VERSION: &[u8] = b"layout_version";
-const K_PARTITIONS: &[u8] = b"partitions";
-const K_REPLICATION: &[u8] = b"replication";
+pub(crate) const K_LAYOUT_VERSION: &[u8] = b"layout_version";
+pub(crate) const K_PARTITIONS: &[u8] = b"partitions";
+pub(crate) const K_REPLICATION: &[u8] = b"replication";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRec {
@@ -52,7 +52,7 @@ pub struct DentryRec {
 
 // ---- key encodings (big-endian so that byte order is numeric order) ----
 
-fn k_u64(v: u64) -> [u8; 8] {
+pub(crate) fn k_u64(v: u64) -> [u8; 8] {
     v.to_be_bytes()
 }
 fn k_inode(vol: VolumeId, ino: Ino) -> Vec<u8> {
@@ -88,14 +88,14 @@ fn dec<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     Ok(postcard::to_allocvec(v)?)
 }
-fn get<T: DeserializeOwned>(r: &impl Reader, t: Tbl, k: &[u8]) -> Result<Option<T>> {
+pub(crate) fn get<T: DeserializeOwned>(r: &impl Reader, t: Tbl, k: &[u8]) -> Result<Option<T>> {
     r.get(t, k)?.map(|v| dec(&v)).transpose()
 }
-fn put<T: Serialize>(w: &impl Writer, t: Tbl, k: &[u8], v: &T) -> Result<()> {
+pub(crate) fn put<T: Serialize>(w: &impl Writer, t: Tbl, k: &[u8], v: &T) -> Result<()> {
     w.put(t, k, &enc(v)?)
 }
 
-fn refused(code: RefusalCode, message: impl Into<String>) -> Response {
+pub(crate) fn refused(code: RefusalCode, message: impl Into<String>) -> Response {
     Response::Refused {
         code,
         message: message.into(),
@@ -359,6 +359,9 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
             Ok(Response::None)
         }
         Command::PurgeVolume { id, limit } => purge_volume(w, id, limit),
+        Command::SetNodeState { id, state } => crate::members::set_state(w, id, state),
+        Command::RemoveNode { id, force } => crate::members::remove(w, id, force),
+        Command::SyncReport { node, version } => crate::members::sync_report(w, node, version),
     }
 }
 
@@ -571,7 +574,11 @@ fn add_node(
     let specs: Vec<NodeSpec> = all.iter().map(|n| n.spec.clone()).collect();
     let partitions = get(w, Tbl::Sys, K_PARTITIONS)?.unwrap_or(partitions);
     let replication = get(w, Tbl::Sys, K_REPLICATION)?.unwrap_or(replication);
-    let layout_changed = prev.as_ref().map(|p| p.spec != spec).unwrap_or(true);
+    let layout_changed = prev
+        .as_ref()
+        .map(|p| crate::members::spec_change_significant(&p.spec, &spec))
+        .unwrap_or(true);
+    let specs = crate::members::effective_specs(w, specs)?;
     let mut version = current.as_ref().map(|l| l.version).unwrap_or(0);
     if layout_changed || current.is_none() {
         let next = match Layout::compute(current.as_ref(), &specs, replication, partitions) {

@@ -21,6 +21,87 @@ struct Metrics {
     blocks: Gauge,
     bytes: Gauge<u64, AtomicU64>,
     members: Gauge,
+    /// Migration, repair and scrub figures (see `migrate::Counters` and `Progress`).
+    migration: Vec<(&'static str, Gauge<u64, AtomicU64>)>,
+}
+
+/// (name, help) of the migration gauges, in the order [`migration_values`] fills them.
+const MIGRATION_GAUGES: [(&str, &str); 14] = [
+    (
+        "migration_moved_bytes",
+        "Bytes copied into this node by migration, repair and scrub since start",
+    ),
+    (
+        "migration_moved_blocks",
+        "Blocks copied into this node by migration, repair and scrub since start",
+    ),
+    (
+        "migration_transfers_failed",
+        "Migration transfers that failed (and were retried), on the leader",
+    ),
+    (
+        "migration_queue_length",
+        "Partition copies waiting to start (leader)",
+    ),
+    (
+        "migration_running_transfers",
+        "Partition copies running (leader)",
+    ),
+    (
+        "migration_partitions_left",
+        "Partition copies left for the newest layout (leader)",
+    ),
+    (
+        "migration_bytes_left",
+        "Estimated bytes left to move (leader)",
+    ),
+    (
+        "migration_rate_bytes_per_second",
+        "Recent migration rate (leader)",
+    ),
+    (
+        "repair_backlog",
+        "Partition copies of the repair class left (leader)",
+    ),
+    (
+        "under_replicated_partitions",
+        "Partitions with fewer than RF synced replicas (leader)",
+    ),
+    ("scrub_passes", "Completed scrub passes on this node"),
+    (
+        "scrub_checked_blocks",
+        "Blocks whose checksums scrub verified on this node",
+    ),
+    (
+        "scrub_errors",
+        "Corrupt block copies scrub found on this node",
+    ),
+    (
+        "scrub_repaired_blocks",
+        "Blocks scrub copied back from other replicas",
+    ),
+];
+
+fn migration_values(node: &Node) -> [u64; 14] {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &node.migration.counters;
+    let p = node.migration.progress();
+    [
+        c.moved_bytes.load(Relaxed),
+        c.moved_blocks.load(Relaxed),
+        c.transfers_failed.load(Relaxed),
+        u64::from(p.queue),
+        u64::from(p.running),
+        u64::from(p.partitions_left),
+        p.bytes_left,
+        p.rate as u64,
+        u64::from(p.repair_backlog),
+        u64::from(p.under_replicated),
+        c.scrub_passes.load(Relaxed),
+        c.scrub_checked.load(Relaxed),
+        c.scrub_errors.load(Relaxed),
+        c.scrub_repaired.load(Relaxed),
+    ]
 }
 
 impl Metrics {
@@ -34,8 +115,15 @@ impl Metrics {
             blocks: Gauge::default(),
             bytes: Gauge::default(),
             members: Gauge::default(),
+            migration: Vec::new(),
             registry: Registry::default(),
         };
+        let mut migration = Vec::new();
+        for (name, help) in MIGRATION_GAUGES {
+            let g: Gauge<u64, AtomicU64> = Gauge::default();
+            registry.register(name, help, g.clone());
+            migration.push((name, g));
+        }
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(
             "raft_is_leader",
@@ -67,7 +155,11 @@ impl Metrics {
             "Bytes of block data stored on this node",
             m.bytes.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            migration,
+            ..m
+        }
     }
 }
 
@@ -102,6 +194,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Result<String, StatusCode> {
     let (blocks, bytes) = s.node.blocks.stats();
     g.blocks.set(blocks as i64);
     g.bytes.set(bytes);
+    for ((_, gauge), v) in g.migration.iter().zip(migration_values(&s.node)) {
+        gauge.set(v);
+    }
     let mut out = String::new();
     encode(&mut out, &g.registry).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(out)

@@ -35,7 +35,14 @@ async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
     let (ids, addrs, deleting) = {
         let tx = node.sm.read()?;
         let ids = fsm::gc_batch(&tx, GC_BATCH)?;
-        let addrs: Vec<String> = fsm::nodes(&tx)?.into_iter().map(|n| n.addr).collect();
+        // Down nodes are skipped so one dead node does not stall GC for everyone; a copy
+        // it still holds when it returns is left behind (see the README's limitations).
+        let mut addrs = Vec::new();
+        for n in fsm::nodes(&tx)? {
+            if crate::members::node_state(&tx, n.spec.id)? != crate::members::NodeState::Down {
+                addrs.push(n.addr);
+            }
+        }
         (ids, addrs, fsm::deleting_volumes(&tx)?)
     };
     for id in deleting {

@@ -13,9 +13,12 @@ pub mod fsm;
 pub mod http;
 pub mod janitor;
 pub mod logstore;
+pub mod members;
 pub mod meta;
+pub mod migrate;
 pub mod network;
 pub mod node;
+pub mod scrub;
 pub mod sm;
 pub mod types;
 

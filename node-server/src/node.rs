@@ -30,6 +30,8 @@ pub struct Node {
     /// Serializes membership changes on the leader.
     pub membership_lock: Mutex<()>,
     pub lease: LeaderLease,
+    /// Migration, repair and scrub state (see `migrate`).
+    pub migration: Arc<crate::migrate::Migration>,
 }
 
 /// When a quorum last acknowledged this node as leader, as seen in Raft's metrics.

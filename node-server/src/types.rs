@@ -64,6 +64,24 @@ pub enum Command {
         id: VolumeId,
         limit: u32,
     },
+    /// Drain, cancel a drain, mark down or back up; computes the next layout (see
+    /// `members::set_state`).
+    SetNodeState {
+        id: u64,
+        state: crate::members::NodeState,
+    },
+    /// Removes a drained node (or, with `force`, a down one) from the node table and the
+    /// layout.
+    RemoveNode {
+        id: u64,
+        force: bool,
+    },
+    /// `node` holds everything layout `version` assigns it; retires older versions once
+    /// every active node has reported.
+    SyncReport {
+        node: u64,
+        version: u64,
+    },
 }
 
 /// A replicated command's result.

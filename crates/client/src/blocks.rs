@@ -17,7 +17,7 @@ use ringfs_core::slice::{checksum, BlockRef, MAX_BLOCK_SIZE};
 use ringfs_proto::block::block_service_client::BlockServiceClient;
 use ringfs_proto::block::{
     get_block_reply, put_block_request, BlockHeader, DeleteBlocksRequest, GetBlockReply,
-    GetBlockRequest, HasBlocksRequest, ListBlocksRequest, PutBlockRequest,
+    GetBlockRequest, HasBlocksRequest, ListBlocksRequest, PullReply, PullRequest, PutBlockRequest,
 };
 use ringfs_proto::{MAX_MESSAGE_BYTES, STREAM_CHUNK_BYTES};
 use std::collections::HashSet;
@@ -40,6 +40,9 @@ const TIMEOUT_PER_MIB: Duration = Duration::from_secs(1);
 /// Bad copies kept until [`BlockIo::take_bad_copies`] drains them; beyond this, new ones
 /// are dropped (and still logged) so a caller that never drains cannot exhaust memory.
 const MAX_BAD_COPIES: usize = 4096;
+
+/// Marker in the message of a put refused because the writer's layout is stale.
+pub const STALE_LAYOUT: &str = "stale layout";
 
 /// One node holding (or meant to hold) a copy of a block.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -174,7 +177,6 @@ impl BlockIo {
     /// Every per-replica write has finished or been cancelled when this returns, so no
     /// write is left running in the background whatever the outcome. A replica that
     /// already held the block counts as a success (puts are idempotent).
-    #[instrument(skip_all, fields(block = %id, len = data.len(), replicas = replicas.len(), quorum))]
     pub async fn put(
         &self,
         replicas: &[Replica],
@@ -182,11 +184,37 @@ impl BlockIo {
         data: Bytes,
         quorum: usize,
     ) -> Result<BlockRef> {
-        if quorum == 0 || quorum > replicas.len() {
-            return Err(ClientError::Invalid(format!(
-                "write quorum {quorum} must be between 1 and the number of replicas ({})",
-                replicas.len()
-            )));
+        let all: Vec<NodeId> = replicas.iter().map(|r| r.node).collect();
+        self.put_quorums(replicas, &[(all, quorum)], 0, id, data)
+            .await
+    }
+
+    /// Like [`BlockIo::put`], for a layout transition: `replicas` is the union of the
+    /// owners of every live layout version, and the write succeeds only when, for each
+    /// `(set, quorum)` in `quorums`, at least `quorum` nodes of `set` stored the block.
+    /// `layout_version` is the newest version the caller knows (0: unchecked); a node that
+    /// has applied a newer one refuses and the result is [`ClientError::StaleLayout`].
+    #[instrument(skip_all, fields(block = %id, len = data.len(), replicas = replicas.len()))]
+    pub async fn put_quorums(
+        &self,
+        replicas: &[Replica],
+        quorums: &[(Vec<NodeId>, usize)],
+        layout_version: u64,
+        id: BlockId,
+        data: Bytes,
+    ) -> Result<BlockRef> {
+        for (set, quorum) in quorums {
+            if *quorum == 0 || *quorum > set.len() {
+                return Err(ClientError::Invalid(format!(
+                    "write quorum {quorum} must be between 1 and the number of replicas ({})",
+                    set.len()
+                )));
+            }
+            if let Some(n) = set.iter().find(|n| !replicas.iter().any(|r| r.node == **n)) {
+                return Err(ClientError::Invalid(format!(
+                    "block {id}: quorum set names node {n}, which is not among the replicas"
+                )));
+            }
         }
         let distinct: HashSet<NodeId> = replicas.iter().map(|r| r.node).collect();
         if distinct.len() != replicas.len() {
@@ -211,53 +239,79 @@ impl BlockIo {
         let attempts = replicas.iter().map(|r| {
             let data = data.clone();
             async move {
-                let res = match tokio::time::timeout(budget, self.put_one(r, block, data)).await {
+                let res = match tokio::time::timeout(
+                    budget,
+                    self.put_one(r, block, data, layout_version),
+                )
+                .await
+                {
                     Ok(res) => res,
-                    Err(_) => Err(format!("timed out after {budget:?}")),
+                    Err(_) => Err((false, format!("timed out after {budget:?}"))),
                 };
                 (r, res)
             }
         });
         let results = join_all(attempts).await;
-        let mut stored = 0usize;
+        let mut stored: HashSet<NodeId> = HashSet::new();
         let mut failures = Vec::new();
+        let mut stale = false;
         for (r, res) in results {
             match res {
                 Ok(already_present) => {
-                    stored += 1;
+                    stored.insert(r.node);
                     debug!(replica = %r, already_present, "block stored");
                 }
-                Err(reason) => failures.push(format!("{r}: {reason}")),
+                Err((is_stale, reason)) => {
+                    stale |= is_stale;
+                    failures.push(format!("{r}: {reason}"));
+                }
             }
         }
-        if stored >= quorum {
+        let short: Vec<String> = quorums
+            .iter()
+            .filter_map(|(set, quorum)| {
+                let n = set.iter().filter(|n| stored.contains(n)).count();
+                (n < *quorum).then(|| format!("{n} of {set:?} stored it, quorum is {quorum}"))
+            })
+            .collect();
+        if short.is_empty() {
             if !failures.is_empty() {
-                warn!(stored, failed = %failures.join("; "),
+                warn!(stored = stored.len(), failed = %failures.join("; "),
                     "block written with quorum but not to every replica");
             }
             Ok(block)
+        } else if stale {
+            Err(ClientError::StaleLayout(format!(
+                "put block {id}: {}",
+                failures.join("; ")
+            )))
         } else {
             Err(ClientError::Blocks(format!(
-                "put block {id}: {stored} of {} replicas stored it, quorum is {quorum}: {}",
-                replicas.len(),
+                "put block {id}: {}: {}",
+                short.join("; "),
                 failures.join("; ")
             )))
         }
     }
 
+    /// Err carries (the node refused a stale layout, reason).
     async fn put_one(
         &self,
         replica: &Replica,
         block: BlockRef,
         data: Bytes,
-    ) -> std::result::Result<bool, String> {
-        let mut client = self.client(&replica.addr).map_err(|e| e.to_string())?;
+        layout_version: u64,
+    ) -> std::result::Result<bool, (bool, String)> {
+        let mut client = self
+            .client(&replica.addr)
+            .map_err(|e| (false, e.to_string()))?;
         let mut msgs = Vec::with_capacity(1 + data.len().div_ceil(STREAM_CHUNK_BYTES));
         msgs.push(PutBlockRequest {
             part: Some(put_block_request::Part::Header(BlockHeader {
                 id: id_bytes(block.id),
                 len: block.len,
                 crc32c: block.crc,
+                layout_version,
             })),
         });
         let mut off = 0;
@@ -268,10 +322,10 @@ impl BlockIo {
             });
             off = end;
         }
-        let reply = client
-            .put(tokio_stream::iter(msgs))
-            .await
-            .map_err(|s| describe(&s))?;
+        let reply = client.put(tokio_stream::iter(msgs)).await.map_err(|s| {
+            let stale = s.code() == Code::FailedPrecondition && s.message().contains(STALE_LAYOUT);
+            (stale, describe(&s))
+        })?;
         Ok(reply.into_inner().already_present)
     }
 
@@ -469,11 +523,37 @@ impl BlockIo {
         after: Option<BlockId>,
         limit: u32,
     ) -> Result<Vec<BlockRef>> {
-        let mut client = self.client(addr)?;
         let req = ListBlocksRequest {
             after: after.map(id_bytes).unwrap_or_default(),
             limit,
+            ..Default::default()
         };
+        self.list_req(addr, req).await
+    }
+
+    /// Like [`BlockIo::list`], only blocks of `partitions` (of `partition_count`), once
+    /// the node has applied `min_layout_version` and finished older puts.
+    pub async fn list_partitions(
+        &self,
+        addr: &str,
+        after: Option<BlockId>,
+        limit: u32,
+        partitions: &[u32],
+        partition_count: u32,
+        min_layout_version: u64,
+    ) -> Result<Vec<BlockRef>> {
+        let req = ListBlocksRequest {
+            after: after.map(id_bytes).unwrap_or_default(),
+            limit,
+            partitions: partitions.to_vec(),
+            partition_count,
+            min_layout_version,
+        };
+        self.list_req(addr, req).await
+    }
+
+    async fn list_req(&self, addr: &str, req: ListBlocksRequest) -> Result<Vec<BlockRef>> {
+        let mut client = self.client(addr)?;
         let blocks = tokio::time::timeout(self.timeout, client.list(req))
             .await
             .map_err(|_| ClientError::Unavailable(format!("{addr}: list timed out")))?
@@ -493,6 +573,24 @@ impl BlockIo {
                 })
             })
             .collect()
+    }
+
+    /// Asks the node at `addr` to copy the blocks of `req.partitions` it lacks from
+    /// `req.sources`; waits up to `deadline`.
+    pub async fn pull(
+        &self,
+        addr: &str,
+        req: PullRequest,
+        deadline: Duration,
+    ) -> Result<PullReply> {
+        let mut client = self.client(addr)?;
+        let reply = tokio::time::timeout(deadline, client.pull(req))
+            .await
+            .map_err(|_| {
+                ClientError::Unavailable(format!("{addr}: pull timed out after {deadline:?}"))
+            })?
+            .map_err(|s| node_error(addr, s))?;
+        Ok(reply.into_inner())
     }
 }
 

@@ -5,9 +5,13 @@ use crate::error::{ClientError, Result};
 use crate::pool::ChannelPool;
 use ringfs_core::fs::{FsOp, FsReply, FsResult, FS_FORMAT};
 use ringfs_core::layout::{Layout, NodeSpec};
+use ringfs_core::slice::BlockRef;
 use ringfs_core::{BlockId, NodeId, VolumeId};
 use ringfs_proto::admin::admin_service_client::AdminServiceClient;
-use ringfs_proto::admin::{GetLayoutRequest, StatusReply, StatusRequest};
+use ringfs_proto::admin::{
+    DrainReply, DrainRequest, GetLayoutRequest, RebalanceStatusReply, RebalanceStatusRequest,
+    RemoveReply, RemoveRequest, StatusReply, StatusRequest,
+};
 use ringfs_proto::meta::meta_service_client::MetaServiceClient;
 use ringfs_proto::meta::*;
 use ringfs_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
@@ -21,11 +25,24 @@ use tonic::{Code, Status};
 /// How long one client call keeps retrying while the cluster has no reachable leader.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
+/// How long a cached layout is used before it is fetched again. Staleness is also caught
+/// by the nodes (a put made with an old layout is refused and retried), so this only
+/// bounds how long reads may prefer owners that no longer hold a partition.
+pub const LAYOUT_TTL: Duration = Duration::from_secs(3);
+
+/// A layout version's owners of a block and how many of them must store it.
+pub type QuorumSet = (Vec<NodeId>, usize);
+
+/// Attempts of one block put when nodes keep reporting a newer layout.
+const STALE_LAYOUT_ATTEMPTS: usize = 5;
+
 /// The layout versions a client knows, newest first, with node addresses.
 #[derive(Debug, Clone, Default)]
 pub struct LayoutView {
     pub versions: Vec<Layout>,
     pub addrs: BTreeMap<NodeId, String>,
+    /// When this view was fetched (None: never).
+    pub fetched: Option<Instant>,
 }
 
 impl LayoutView {
@@ -254,6 +271,40 @@ impl Cluster {
             .await
     }
 
+    /// Marks node `id` leaving (or, with `cancel`, active again); see admin.proto.
+    pub async fn drain(&self, id: NodeId, cancel: bool) -> Result<DrainReply> {
+        self.call(|ch| async move {
+            Self::admin(ch)
+                .drain(DrainRequest {
+                    node_id: id,
+                    cancel,
+                })
+                .await
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster (refused until drained unless `force` on a
+    /// down node).
+    pub async fn remove_node(&self, id: NodeId, force: bool) -> Result<RemoveReply> {
+        self.call(|ch| async move {
+            Self::admin(ch)
+                .remove(RemoveRequest { node_id: id, force })
+                .await
+        })
+        .await
+    }
+
+    /// Data movement progress, from the leader.
+    pub async fn rebalance_status(&self) -> Result<RebalanceStatusReply> {
+        self.call(|ch| async move {
+            Self::admin(ch)
+                .rebalance_status(RebalanceStatusRequest {})
+                .await
+        })
+        .await
+    }
+
     /// Status of one particular node (no leader redirection).
     pub async fn node_status(&self, addr: &str) -> Result<StatusReply> {
         let ch = self.pool.get(addr)?;
@@ -269,7 +320,10 @@ impl Cluster {
         let reply = self
             .call(|ch| async move { Self::admin(ch).get_layout(GetLayoutRequest {}).await })
             .await?;
-        let mut view = LayoutView::default();
+        let mut view = LayoutView {
+            fetched: Some(Instant::now()),
+            ..Default::default()
+        };
         for v in reply.versions {
             let rf = v.replication as usize;
             if rf == 0 || v.assignment.len() != v.partitions as usize * rf {
@@ -311,10 +365,88 @@ impl Cluster {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let expired = cur.fetched.is_none_or(|t| t.elapsed() > LAYOUT_TTL);
         if cur.versions.is_empty() {
             return self.refresh_layout().await;
         }
+        if expired {
+            // A failed refresh keeps the cached view: it is still usable for reads, and
+            // writes made with it are checked by the nodes.
+            if let Ok(v) = self.refresh_layout().await {
+                return Ok(v);
+            }
+        }
         Ok(cur)
+    }
+
+    /// Where a new block goes while layout versions overlap: the union of the first `rf`
+    /// owners of every live version (newest first), and for each version its owner set
+    /// with a majority quorum. A block is durable for every version it reaches a quorum
+    /// of, so whichever version reads find synced holds it.
+    pub fn write_targets(
+        view: &LayoutView,
+        block: &BlockId,
+        rf: usize,
+    ) -> Result<(Vec<Replica>, Vec<QuorumSet>)> {
+        let newest = Self::write_replicas(view, block, rf)?;
+        let mut union: Vec<Replica> = newest.clone();
+        let mut quorums = vec![(
+            newest.iter().map(|r| r.node).collect::<Vec<_>>(),
+            crate::files::write_quorum(newest.len()),
+        )];
+        for l in view.versions.iter().skip(1) {
+            let owners = l.replicas_for_block(block);
+            let set: Vec<NodeId> = owners[..rf.min(owners.len())].to_vec();
+            if set.is_empty() {
+                continue;
+            }
+            for id in &set {
+                if !union.iter().any(|r| r.node == *id) {
+                    union.push(Self::replica(view, *id).ok_or_else(|| {
+                        ClientError::Protocol(format!("node {id} has no address"))
+                    })?);
+                }
+            }
+            let q = crate::files::write_quorum(set.len());
+            quorums.push((set, q));
+        }
+        Ok((union, quorums))
+    }
+
+    /// Writes a new block with id `id` to a quorum of each live layout version's owners,
+    /// refreshing the layout and retrying when a node reports a newer one.
+    pub async fn put_block(&self, id: BlockId, data: bytes::Bytes, rf: usize) -> Result<BlockRef> {
+        let mut view = self.layout().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (replicas, quorums) = Self::write_targets(&view, &id, rf)?;
+            let version = view.current().map(|l| l.version).unwrap_or(0);
+            match self
+                .io
+                .put_quorums(&replicas, &quorums, version, id, data.clone())
+                .await
+            {
+                Err(ClientError::StaleLayout(msg)) if attempt < STALE_LAYOUT_ATTEMPTS => {
+                    tracing::debug!(%msg, "layout changed under a write; refreshing");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                    view = self.refresh_layout().await?;
+                }
+                // Quorum missed in a version that may have been retired meanwhile (its
+                // owners drained and gone): retry once the view has moved on.
+                Err(ClientError::Blocks(msg)) if attempt < STALE_LAYOUT_ATTEMPTS => {
+                    let fresh = self.refresh_layout().await?;
+                    let versions = |v: &LayoutView| -> Vec<u64> {
+                        v.versions.iter().map(|l| l.version).collect()
+                    };
+                    if versions(&fresh) == versions(&view) {
+                        return Err(ClientError::Blocks(msg));
+                    }
+                    view = fresh;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn replica(view: &LayoutView, id: NodeId) -> Option<Replica> {
@@ -345,12 +477,13 @@ impl Cluster {
             .collect()
     }
 
-    /// Nodes to read a block from, best first: its owners in the newest layout (healthy
-    /// before recently failing ones), then owners in older layouts, then every other node.
+    /// Nodes to read a block from, best first: its owners in the newest *synced* layout
+    /// (the oldest live version: newer ones are still being filled; healthy before
+    /// recently failing ones), then owners in newer versions, then every other node.
     /// Blocks are immutable, so any copy that verifies is correct.
     pub fn read_replicas(&self, view: &LayoutView, block: &BlockId) -> Vec<Replica> {
         let mut ids: Vec<NodeId> = Vec::new();
-        for l in &view.versions {
+        for l in view.versions.iter().rev() {
             for id in l.replicas_for_block(block) {
                 if !ids.contains(id) {
                     ids.push(*id);

@@ -16,6 +16,9 @@ pub enum ClientError {
     /// Block I/O could not reach enough replicas or found only corrupt copies.
     #[error("block I/O failed: {0}")]
     Blocks(String),
+    /// A node has a newer layout than the writer: refresh the layout and retry.
+    #[error("stale layout: {0}")]
+    StaleLayout(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("protocol error: {0}")]

@@ -298,7 +298,7 @@ impl Vol {
             if blocks.is_empty() {
                 break;
             }
-            let refs = self.upload(&view, blocks, rf).await?;
+            let refs = self.upload(blocks, rf).await?;
             let chunk = offset / CHUNK_SIZE;
             let slice = Slice {
                 pos: (offset % CHUNK_SIZE) as u32,
@@ -330,19 +330,12 @@ impl Vol {
     }
 
     /// Uploads blocks to their replicas (bounded parallelism), each on a write quorum.
-    async fn upload(
-        &self,
-        view: &LayoutView,
-        blocks: Vec<Bytes>,
-        rf: usize,
-    ) -> Result<Vec<BlockRef>> {
-        let quorum = write_quorum(rf);
+    /// The layout is re-read per block (cached, refreshed when old or stale): a large
+    /// upload spans layout changes.
+    async fn upload(&self, blocks: Vec<Bytes>, rf: usize) -> Result<Vec<BlockRef>> {
         stream::iter(blocks.into_iter().map(|data| {
             let id = BlockId::from_u128(rand::random());
-            async move {
-                let replicas: Vec<Replica> = Cluster::write_replicas(view, &id, rf)?;
-                self.cluster.io.put(&replicas, id, data, quorum).await
-            }
+            async move { self.cluster.put_block(id, data, rf).await }
         }))
         .buffered(UPLOAD_PARALLELISM)
         .try_collect()

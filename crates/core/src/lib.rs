@@ -8,6 +8,7 @@ pub mod error;
 pub mod fs;
 pub mod ids;
 pub mod layout;
+pub mod migrate;
 pub mod names;
 pub mod slice;
 pub mod units;

@@ -62,9 +62,10 @@ pub fn errno(e: &ClientError) -> Errno {
             tonic::Code::PermissionDenied => Errno::EACCES,
             _ => Errno::EIO,
         },
-        ClientError::Unavailable(_) | ClientError::Blocks(_) | ClientError::Protocol(_) => {
-            Errno::EIO
-        }
+        ClientError::Unavailable(_)
+        | ClientError::Blocks(_)
+        | ClientError::Protocol(_)
+        | ClientError::StaleLayout(_) => Errno::EIO,
     }
 }
 

@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ringfs_client::cluster::LayoutView;
-use ringfs_client::files::{write_quorum, DOWNLOAD_PARALLELISM, UPLOAD_PARALLELISM};
-use ringfs_client::{ClientError, Cluster, Result, Vol};
+use ringfs_client::files::{DOWNLOAD_PARALLELISM, UPLOAD_PARALLELISM};
+use ringfs_client::{ClientError, Result, Vol};
 use ringfs_core::compact::{self, COMPACT_THRESHOLD};
 use ringfs_core::fs::{Attr, ChunkSlice, FsOp, FsReply};
 use ringfs_core::slice::{resolve, BlockRef, Piece, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE};
@@ -29,16 +29,10 @@ fn expect_attr(r: FsReply) -> Result<Attr> {
 /// Uploads `blocks` (each at most [`MAX_BLOCK_SIZE`]) to a write quorum of their
 /// replicas, in order.
 pub async fn upload(vol: &Vol, blocks: Vec<Bytes>) -> Result<Vec<BlockRef>> {
-    let view = vol.cluster.layout().await?;
     let rf = vol.replication as usize;
-    let quorum = write_quorum(rf);
-    stream::iter(blocks.into_iter().map(|data| {
-        let view = view.clone();
-        async move {
-            let id = BlockId::from_u128(rand::random());
-            let replicas = Cluster::write_replicas(&view, &id, rf)?;
-            vol.cluster.io.put(&replicas, id, data, quorum).await
-        }
+    stream::iter(blocks.into_iter().map(|data| async move {
+        let id = BlockId::from_u128(rand::random());
+        vol.cluster.put_block(id, data, rf).await
     }))
     .buffered(UPLOAD_PARALLELISM)
     .try_collect()

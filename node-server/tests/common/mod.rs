@@ -95,6 +95,30 @@ impl TestCluster {
         c
     }
 
+    /// Starts one more node (id = current count + 1) that joins the cluster; returns its
+    /// id once it listens (joining and rebalancing are for the caller to wait on).
+    pub async fn add_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        self.nodes.push(TestNode {
+            id,
+            data_dir: data_dir.clone(),
+            addr: String::new(),
+            http: String::new(),
+            child: None,
+        });
+        self.spawn(id, "127.0.0.1:0", "127.0.0.1:0");
+        let (addr, http) = wait_for("node address file", Duration::from_secs(30), || async {
+            read_addr_file(&data_dir)
+        })
+        .await;
+        let node = self.node_mut(id);
+        node.addr = addr;
+        node.http = http;
+        id
+    }
+
     pub fn node(&self, id: u64) -> &TestNode {
         &self.nodes[(id - 1) as usize]
     }
