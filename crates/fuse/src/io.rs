@@ -206,9 +206,6 @@ impl BlockCache {
     }
 }
 
-/// Reads shorter than 1/this of their block fetch only their range, uncached.
-const SMALL_READ_FRACTION: u64 = 8;
-
 async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) -> Result<Bytes> {
     match p {
         Piece::Zero { len, .. } => Ok(Bytes::from(vec![0u8; len as usize])),
@@ -220,25 +217,6 @@ async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) 
         } => {
             let whole = match cache.get(&block.id) {
                 Some(d) => d,
-                // A small read inside an uncached block (random I/O) fetches just its
-                // range: pulling the whole 4 MiB block would cost 1000x the bytes. A
-                // read at the block's start (sequential readers) caches all of it.
-                None if block_off != 0
-                    && u64::from(len) * SMALL_READ_FRACTION < u64::from(block.len) =>
-                {
-                    let mut replicas = vol.cluster.read_replicas(view, &block.id);
-                    if replicas.is_empty() {
-                        let fresh = vol.cluster.refresh_layout().await?;
-                        replicas = vol.cluster.read_replicas(&fresh, &block.id);
-                    }
-                    let d = vol
-                        .cluster
-                        .io
-                        .get(&replicas, &block, block_off, len)
-                        .await?;
-                    vol.repair_bad_copies(view, &block).await;
-                    return Ok(d);
-                }
                 None => {
                     let mut replicas = vol.cluster.read_replicas(view, &block.id);
                     if replicas.is_empty() {
