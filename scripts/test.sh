@@ -22,6 +22,7 @@ stage "dependencies"
 need_pkgs=()
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v fio >/dev/null 2>&1 || need_pkgs+=(fio)  # FUSE throughput figures (README)
 if ((${#need_pkgs[@]})); then
     echo "installing Debian packages: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

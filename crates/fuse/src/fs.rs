@@ -38,7 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
-/// Bound on the per-chunk commit counters kept for compaction.
+/// Bound on the per-chunk commit counters (compaction) and clean-file versions
+/// (keep_cache) kept; past it they are forgotten, which only costs an optimisation.
 const MAX_COMMIT_COUNTERS: usize = 100_000;
 /// Longest file name component (as in the state machine).
 const NAME_MAX: usize = 255;
@@ -84,6 +85,18 @@ struct FileState {
     error: Option<Errno>,
     /// Slices read while open; see [`io::ChunkCache`].
     chunks: io::ChunkCache,
+    /// The file's version when first opened (None if it could not be read).
+    opened_at: Option<Version>,
+    /// Written through this mount since the first open.
+    wrote: bool,
+}
+
+/// What identifies a file's content from outside: size, mtime and ctime (every commit
+/// and every attribute change moves ctime).
+type Version = (u64, i64, i64);
+
+fn version(a: &Attr) -> Version {
+    (a.size, a.mtime_ns, a.ctime_ns)
 }
 
 impl FileState {
@@ -113,6 +126,9 @@ pub struct RingFs {
     commits: Mutex<HashMap<(Ino, u64), u32>>,
     /// Chunks being compacted now (one compaction per chunk at a time).
     compacting: Arc<Mutex<HashSet<(Ino, u64)>>>,
+    /// Files closed by this mount without writing, with their version at open: the
+    /// kernel's pages of such a file are current as long as the version is unchanged.
+    clean: Mutex<HashMap<Ino, Version>>,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
 }
@@ -193,6 +209,7 @@ impl RingFs {
             blocks,
             commits: Mutex::new(HashMap::new()),
             compacting: Arc::new(Mutex::new(HashSet::new())),
+            clean: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
         }
     }
@@ -341,7 +358,9 @@ impl RingFs {
         }
     }
 
-    fn new_handle(&self, ino: Ino, flags: i32) -> u64 {
+    /// Registers an open handle. `known` is the file's attributes if the caller just
+    /// read them. Returns the handle and whether the kernel may keep its cached pages.
+    fn new_handle(&self, ino: Ino, flags: i32, known: Option<&Attr>) -> (u64, bool) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(
             fh,
@@ -358,14 +377,34 @@ impl RingFs {
             }
             st.open == 1
         };
+        let mut keep = false;
         if first {
-            // Close-to-open: forget cached attributes (and pages) so the size and data
-            // committed by other mounts since the kernel cached them are seen.
-            if let Some(n) = self.notifier.get() {
-                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+            // Close-to-open: the cached pages survive only if the file is exactly as it
+            // was when this mount last had it open, unwritten (keep_cache).
+            let now = match known {
+                Some(a) => Some(version(a)),
+                None => self
+                    .op(FsOp::GetAttr { ino })
+                    .and_then(want_attr)
+                    .ok()
+                    .map(|a| version(&a)),
+            };
+            let before = lock(&self.clean).remove(&ino);
+            keep = now.is_some() && before == now;
+            {
+                let mut st = lock(&f);
+                st.opened_at = now;
+                st.wrote = false;
+            }
+            if !keep {
+                // Forget cached attributes and pages so the size and data committed by
+                // other mounts since the kernel cached them are seen.
+                if let Some(n) = self.notifier.get() {
+                    let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                }
             }
         }
-        fh
+        (fh, keep)
     }
 
     fn read_dir_all(&self, ino: Ino) -> Result<Vec<DirEntry>, Errno> {
@@ -672,8 +711,13 @@ impl fuser::Filesystem for RingFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.new_handle(ino.0, flags.0);
-        reply.opened(FileHandle(fh), FopenFlags::empty())
+        let (fh, keep) = self.new_handle(ino.0, flags.0, None);
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(fh), flags)
     }
 
     fn read(
@@ -739,6 +783,7 @@ impl fuser::Filesystem for RingFs {
         };
         let f = self.file(ino);
         let mut st = lock(&f);
+        st.wrote = true;
         if append {
             if !st.dirty.is_empty() {
                 if let Err(e) = self.flush_state(ino, &mut st) {
@@ -793,6 +838,15 @@ impl fuser::Filesystem for RingFs {
             let forget = {
                 let mut st = lock(&f);
                 st.open = st.open.saturating_sub(1);
+                if st.open == 0 && !st.wrote && !st.orphan {
+                    if let Some(v) = st.opened_at {
+                        let mut clean = lock(&self.clean);
+                        if clean.len() >= MAX_COMMIT_COUNTERS {
+                            clean.clear();
+                        }
+                        clean.insert(ino, v);
+                    }
+                }
                 if st.open == 0 && st.orphan {
                     st.orphan = false;
                     true
@@ -1031,7 +1085,7 @@ impl fuser::Filesystem for RingFs {
                 if a.kind != FileKind::File {
                     return reply.error(Errno::EISDIR);
                 }
-                let fh = self.new_handle(a.ino, flags);
+                let (fh, _) = self.new_handle(a.ino, flags, Some(&a));
                 let a = self.local_attr(a);
                 reply.created(
                     &self.opts.entry_ttl,

@@ -62,13 +62,16 @@ fn split_blocks(data: Bytes) -> Vec<Bytes> {
 
 /// Uploads positional extents and commits them in one [`FsOp::Write`]. Returns the
 /// file's attributes after the commit.
+///
+/// The extents' bytes are packed back to back into as few blocks as possible (random
+/// 4 KiB writes would otherwise cost one block, one upload and one file per write);
+/// each slice then names the blocks holding its bytes and where in them it starts.
 pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -> Result<Attr> {
-    // (chunk, pos, len, block count) per slice; blocks flattened for one upload stream.
+    // (chunk, pos in chunk, len, offset in the packed stream) per slice.
     let mut layout = Vec::new();
-    let mut blocks = Vec::new();
+    let mut packed = BytesMut::new();
     let mut min_size = 0u64;
     for (off, data) in extents {
-        let data = Bytes::from(data);
         let len = data.len() as u64;
         min_size = min_size.max(off + len);
         let mut p = 0u64;
@@ -76,27 +79,32 @@ pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -
             let abs = off + p;
             let pos = abs % CHUNK_SIZE;
             let n = (CHUNK_SIZE - pos).min(len - p);
-            let parts = split_blocks(data.slice(p as usize..(p + n) as usize));
-            layout.push((abs / CHUNK_SIZE, pos as u32, n as u32, parts.len()));
-            blocks.extend(parts);
+            layout.push((
+                abs / CHUNK_SIZE,
+                pos as u32,
+                n as u32,
+                packed.len() as u64 + p,
+            ));
             p += n;
         }
+        packed.extend_from_slice(&data);
     }
-    let refs = upload(vol, blocks).await?;
-    let mut slices = Vec::with_capacity(layout.len());
-    let mut next = 0;
-    for (chunk, pos, len, count) in layout {
-        slices.push(ChunkSlice {
-            chunk,
-            slice: Slice {
-                pos,
-                len,
-                skip: 0,
-                blocks: refs[next..next + count].to_vec(),
-            },
-        });
-        next += count;
-    }
+    let refs = upload(vol, split_blocks(packed.freeze())).await?;
+    let slices = layout
+        .into_iter()
+        .map(|(chunk, pos, len, start)| {
+            let (skip, blocks) = blocks_for(&refs, start, u64::from(len));
+            ChunkSlice {
+                chunk,
+                slice: Slice {
+                    pos,
+                    len,
+                    skip,
+                    blocks,
+                },
+            }
+        })
+        .collect();
     let op = FsOp::Write {
         ino,
         slices,
@@ -109,6 +117,26 @@ pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -
             Err(e)
         }
     }
+}
+
+/// The blocks of `refs` (consecutive parts of one stream) that hold stream bytes
+/// `[start, start + len)`, and the offset of `start` inside the first of them.
+fn blocks_for(refs: &[BlockRef], start: u64, len: u64) -> (u32, Vec<BlockRef>) {
+    let end = start + len;
+    let mut out = Vec::new();
+    let mut skip = 0u64;
+    let mut at = 0u64;
+    for r in refs {
+        let next = at + u64::from(r.len);
+        if next > start && at < end {
+            if out.is_empty() {
+                skip = start - at;
+            }
+            out.push(*r);
+        }
+        at = next;
+    }
+    (skip as u32, out)
 }
 
 /// Uploads `data` and appends it at the file's size as of the commit.
@@ -345,4 +373,25 @@ pub async fn read_committed(
         pos = end;
     }
     Ok((out.to_vec(), committed.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_for_finds_the_blocks_of_a_stream_range() {
+        let r = |i: u128, len: u32| BlockRef {
+            id: BlockId::from_u128(i),
+            len,
+            crc: 0,
+        };
+        let refs = [r(1, 100), r(2, 100), r(3, 50)];
+        assert_eq!(blocks_for(&refs, 0, 100), (0, vec![refs[0]]));
+        assert_eq!(blocks_for(&refs, 10, 5), (10, vec![refs[0]]));
+        assert_eq!(blocks_for(&refs, 95, 10), (95, vec![refs[0], refs[1]]));
+        assert_eq!(blocks_for(&refs, 100, 100), (0, vec![refs[1]]));
+        assert_eq!(blocks_for(&refs, 150, 100), (50, vec![refs[1], refs[2]]));
+        assert_eq!(blocks_for(&refs, 249, 1), (49, vec![refs[2]]));
+    }
 }

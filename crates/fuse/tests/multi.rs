@@ -48,6 +48,80 @@ fn close_to_open_between_two_mounts() {
     b.unmount().unwrap();
 }
 
+/// Pages of `path` in the page cache, counted without reading (mmap + mincore).
+fn resident_pages(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of an open file, unmapped before returning;
+    // mincore only inspects it, touching no page.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let pages = len.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        assert_eq!(libc::mincore(p, len, vec.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        vec.iter().filter(|v| *v & 1 != 0).count()
+    }
+}
+
+/// keep_cache: re-opening a file nobody changed keeps the kernel's pages; a same-size
+/// overwrite by another mount drops them, so close-to-open still holds.
+#[test]
+fn page_cache_kept_only_for_unchanged_files() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("keep", 1 << 30, 3));
+    let a = mount(&c, vol.clone(), "a", Default::default(), &rt);
+    let b = mount(&c, vol, "b", Default::default(), &rt);
+    let (da, db) = (a.dir().to_path_buf(), b.dir().to_path_buf());
+    let v1 = content(21, 1 << 20);
+    fs::write(da.join("f"), &v1).unwrap();
+    assert!(fs::read(db.join("f")).unwrap() == v1);
+    // Unchanged since B's last open: its pages survive the next open.
+    let pages = (1usize << 20) / 4096;
+    assert_eq!(
+        resident_pages(&db.join("f")),
+        pages,
+        "pages kept across opens"
+    );
+    assert!(fs::read(db.join("f")).unwrap() == v1);
+    // A overwrites in place, same size; B's next open drops the stale pages.
+    let v2 = content(22, 1 << 20);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(da.join("f"))
+        .unwrap();
+    f.write_all_at(&v2, 0).unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(da.join("f")).unwrap().len(), 1 << 20);
+    assert!(
+        fs::read(db.join("f")).unwrap() == v2,
+        "close-to-open: B must see A's overwrite"
+    );
+    // B writes: its next open does not trust its own cache bookkeeping either way,
+    // and A sees B's data.
+    let v3 = content(23, 1 << 20);
+    fs::write(db.join("f"), &v3).unwrap();
+    assert!(fs::read(db.join("f")).unwrap() == v3);
+    assert!(fs::read(da.join("f")).unwrap() == v3);
+    a.unmount().unwrap();
+    b.unmount().unwrap();
+}
+
 /// One record: writer id, sequence number, padding, newline — 64 bytes.
 fn record(writer: u8, seq: u32) -> Vec<u8> {
     let mut r = format!("w{writer} {seq:08} ").into_bytes();
