@@ -91,7 +91,11 @@ pub fn is_ringfs_mount(dir: &Path) -> bool {
     };
     mounts.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 2 && f[2] == "fuse.ringfs" && Path::new(&unescape_mount_field(f[1])) == dir
+        // Without libfuse the subtype may be dropped: the type is then plain "fuse" and
+        // the source ("ringfs:<volume>") tells ringfs mounts apart.
+        let ringfs = f.len() > 2
+            && (f[2] == "fuse.ringfs" || (f[2] == "fuse" && f[0].starts_with("ringfs:")));
+        ringfs && Path::new(&unescape_mount_field(f[1])) == dir
     })
 }
 
