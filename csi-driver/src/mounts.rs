@@ -248,10 +248,17 @@ pub async fn probe(path: &Path, timeout: Duration) -> std::result::Result<FsStat
     let task = tokio::task::spawn_blocking(move || statvfs(&p));
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(Ok(s))) => Ok(s),
-        Ok(Ok(Err(e))) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
-            "the FUSE daemon serving {} is gone (ENOTCONN)",
-            path.display()
-        )),
+        Ok(Ok(Err(e)))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+            ) =>
+        {
+            Err(format!(
+                "the FUSE daemon serving {} is gone ({e})",
+                path.display()
+            ))
+        }
         Ok(Ok(Err(e))) => Err(format!("statfs {}: {e}", path.display())),
         Ok(Err(e)) => Err(format!("statfs task failed: {e}")),
         Err(_) => Err(format!(
@@ -266,7 +273,10 @@ pub async fn exists(path: &Path, timeout: Duration) -> bool {
     let p = path.to_path_buf();
     let task = tokio::task::spawn_blocking(move || match std::fs::symlink_metadata(&p) {
         Ok(_) => true,
-        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        Err(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
     });
     matches!(tokio::time::timeout(timeout, task).await, Ok(Ok(true)))
 }

@@ -316,6 +316,21 @@ impl Node for NodeService {
             ))
             .into());
         }
+        // SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod): one publish at a time.
+        let single = cap.access_mode.as_ref().map(|m| m.mode)
+            == Some(volume_capability::access_mode::Mode::SingleNodeSingleWriter as i32);
+        if let Some(other) = table
+            .iter()
+            .filter(|m| single && m.dev == st.dev && m.mount_point != staging)
+            .find(|m| m.mount_point != target)
+        {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {} has single-writer access and is already published at {}",
+                req.volume_id,
+                other.mount_point.display()
+            ))
+            .into());
+        }
         std::fs::create_dir_all(&target)
             .map_err(|e| CsiError::Internal(format!("creating {}: {e}", target.display())))?;
         mounts::bind(&staging, &target, flags)?;
