@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/block.proto",
         "proto/meta.proto",
         "proto/admin.proto",
+        "proto/csi.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

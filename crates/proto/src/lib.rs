@@ -2,7 +2,8 @@
 //! - [`raft`]: node ↔ node consensus traffic and leader forwarding (internal);
 //! - [`block`]: immutable block storage (clients and nodes);
 //! - [`meta`]: volumes and the file-system namespace (clients);
-//! - [`admin`]: cluster status, membership and layout (operators, the CLI).
+//! - [`admin`]: cluster status, membership and layout (operators, the CLI);
+//! - [`csi`]: the Container Storage Interface v1 (Kubernetes sidecars, `ringfs-csi`).
 
 #![allow(clippy::all, clippy::pedantic)]
 
@@ -17,6 +18,9 @@ pub mod meta {
 }
 pub mod admin {
     tonic::include_proto!("ringfs.admin.v1");
+}
+pub mod csi {
+    tonic::include_proto!("csi.v1");
 }
 
 /// gRPC metadata key carrying the current leader's address on `unavailable` errors.

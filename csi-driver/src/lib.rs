@@ -1,0 +1,219 @@
+//! `ringfs-csi`: the CSI driver `csi.ringfs.io`. One binary serves Identity plus the
+//! Controller service (`--mode controller`), the Node service (`--mode node`) or both,
+//! on a Unix socket.
+
+pub mod backend;
+pub mod caps;
+pub mod controller;
+pub mod error;
+pub mod identity;
+pub mod mounts;
+pub mod names;
+pub mod node;
+
+use anyhow::{bail, Context};
+use ringfs_client::Cluster;
+use ringfs_proto::csi::controller_server::ControllerServer;
+use ringfs_proto::csi::identity_server::IdentityServer;
+use ringfs_proto::csi::node_server::NodeServer;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Identity + Controller + Node (single-process setups and tests).
+    All,
+    /// Identity + Controller (the controller Deployment).
+    Controller,
+    /// Identity + Node (the node DaemonSet).
+    Node,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    ringfs_core::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "ringfs-csi",
+    version,
+    about = "The ringfs CSI driver (csi.ringfs.io)"
+)]
+pub struct Config {
+    /// Socket to serve on: unix:///path or a plain path.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// Services to serve.
+    #[arg(long, value_enum, default_value = "all", env = "CSI_MODE")]
+    pub mode: Mode,
+    #[arg(long, default_value = "csi.ringfs.io")]
+    pub driver_name: String,
+    /// ringfs cluster addresses (any nodes; comma-separated).
+    #[arg(long, env = "RINGFS_CLUSTER", value_delimiter = ',', required = true)]
+    pub cluster: Vec<String>,
+    /// Name of that cluster; StorageClass `cluster` parameters must match it.
+    #[arg(long, env = "RINGFS_CLUSTER_NAME", default_value = "ringfs")]
+    pub cluster_name: String,
+    /// Capacity of volumes whose request gives no size.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub default_capacity: u64,
+    /// This node's id as reported to Kubernetes (the node name).
+    #[arg(long, env = "CSI_NODE_ID")]
+    pub node_id: Option<String>,
+    /// This node's zone (reported as topology).
+    #[arg(long, env = "CSI_NODE_ZONE")]
+    pub zone: Option<String>,
+    /// The `ringfs` CLI used for FUSE mounts (default: next to this binary, else PATH).
+    #[arg(long, env = "RINGFS_BIN")]
+    pub ringfs_bin: Option<PathBuf>,
+    /// Directory for mount logs.
+    #[arg(long, default_value = "/var/lib/ringfs-csi")]
+    pub state_dir: PathBuf,
+    /// Only ringfs mounts below this directory are adopted and repaired.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub managed_root: PathBuf,
+    /// Seconds a mount may take to answer statfs before it counts as dead.
+    #[arg(long, default_value_t = 5)]
+    pub health_timeout_secs: u64,
+    /// Seconds between checks that repair dead mounts (0: only on stage/publish).
+    #[arg(long, default_value_t = 30)]
+    pub repair_interval_secs: u64,
+}
+
+fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
+    let p = endpoint
+        .strip_prefix("unix://")
+        .unwrap_or(endpoint)
+        .to_string();
+    if !p.starts_with('/') {
+        bail!("--endpoint {endpoint:?} must be unix:///absolute/path or an absolute path");
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Binds the CSI socket with mode 0660. A socket file nobody answers on is a leftover of
+/// a previous instance and is replaced; a live one means another plugin runs: refuse.
+pub async fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; remove it", path.display());
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another process serves {}; stop it first", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // SAFETY: umask only changes this process's file-creation mask; restored at once, so
+    // the socket is never reachable with wider permissions than 0660.
+    let old = unsafe { libc::umask(0o117) };
+    let l = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", path.display()))?;
+    Ok(l)
+}
+
+fn default_ringfs_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("ringfs")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("ringfs"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Serves until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let cluster = Cluster::new(cfg.cluster.clone())?;
+    let path = socket_path(&cfg.endpoint)?;
+    let listener = bind_socket(&path).await?;
+    let serve_controller = cfg.mode != Mode::Node;
+    let serve_node = cfg.mode != Mode::Controller;
+
+    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(
+        identity::IdentityService {
+            driver_name: cfg.driver_name.clone(),
+            controller: serve_controller,
+        },
+    ));
+    if serve_controller {
+        router = router.add_service(ControllerServer::new(controller::ControllerService {
+            backend: Arc::new(backend::ClusterBackend {
+                cluster: cluster.clone(),
+            }),
+            cluster_name: cfg.cluster_name.clone(),
+            default_capacity: cfg.default_capacity,
+        }));
+    }
+    if serve_node {
+        let node = Arc::new(node::NodeService::new(
+            node::NodeConfig {
+                node_id: cfg.node_id.clone().unwrap_or_else(hostname),
+                zone: cfg.zone.clone(),
+                ringfs_bin: cfg.ringfs_bin.clone().unwrap_or_else(default_ringfs_bin),
+                seeds: cfg.cluster.clone(),
+                state_dir: cfg.state_dir.clone(),
+                managed_root: cfg.managed_root.clone(),
+                health_timeout: Duration::from_secs(cfg.health_timeout_secs.max(1)),
+            },
+            cluster.clone(),
+        ));
+        // Re-adopt what a previous instance mounted, repairing mounts that died meanwhile.
+        match node.sweep(true).await {
+            Ok((ok, dead)) => {
+                tracing::info!(healthy = ok, repaired = dead, "existing mounts adopted")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not scan existing mounts"),
+        }
+        if cfg.repair_interval_secs > 0 {
+            let n = node.clone();
+            let every = Duration::from_secs(cfg.repair_interval_secs);
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(every);
+                t.tick().await;
+                loop {
+                    t.tick().await;
+                    if let Err(e) = n.sweep(true).await {
+                        tracing::warn!(error = %e, "mount check failed");
+                    }
+                }
+            });
+        }
+        router = router.add_service(NodeServer::from_arc(node));
+    }
+    tracing::info!(socket = %path.display(), mode = ?cfg.mode, "serving CSI");
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("serving CSI")?;
+    // The FUSE mounts stay: they belong to their own processes, not to this one.
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
