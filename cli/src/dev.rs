@@ -187,7 +187,7 @@ async fn spawn_node(
         .create(true)
         .append(true)
         .open(&log)?;
-    let mut cmd = std::process::Command::new(&bin);
+    let mut cmd = std::process::Command::new(bin);
     cmd.arg("--id")
         .arg(i.to_string())
         .arg("--data-dir")

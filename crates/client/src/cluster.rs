@@ -30,6 +30,9 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
 /// bounds how long reads may prefer owners that no longer hold a partition.
 pub const LAYOUT_TTL: Duration = Duration::from_secs(3);
 
+/// A layout version's owners of a block and how many of them must store it.
+pub type QuorumSet = (Vec<NodeId>, usize);
+
 /// Attempts of one block put when nodes keep reporting a newer layout.
 const STALE_LAYOUT_ATTEMPTS: usize = 5;
 
@@ -384,7 +387,7 @@ impl Cluster {
         view: &LayoutView,
         block: &BlockId,
         rf: usize,
-    ) -> Result<(Vec<Replica>, Vec<(Vec<NodeId>, usize)>)> {
+    ) -> Result<(Vec<Replica>, Vec<QuorumSet>)> {
         let newest = Self::write_replicas(view, block, rf)?;
         let mut union: Vec<Replica> = newest.clone();
         let mut quorums = vec![(
