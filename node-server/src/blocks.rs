@@ -1947,6 +1947,9 @@ mod tests {
         ) -> Result<Response<ListBlocksReply>, Status> {
             self.0.list(r).await
         }
+        async fn pull(&self, r: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+            self.0.pull(r).await
+        }
     }
 
     #[tokio::test]
