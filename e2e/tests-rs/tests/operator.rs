@@ -1,0 +1,323 @@
+//! The operator on a real cluster: helm install, schema validation by the API server, a
+//! 3-node DfsCluster becoming Available, DfsVolume create/resize/delete, a refused
+//! scale-down below the replication factor, and scale 3 -> 4 -> 3.
+//!
+//! The e2e cluster has no dynamic volume provisioner, so each test pre-creates hostPath
+//! PersistentVolumes of its own StorageClass name for the node claims.
+
+use anyhow::{ensure, Context, Result};
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::core::ApiResource;
+use kube::{Api, Client};
+use ringfs_api::{DfsCluster, DfsVolume};
+use ringfs_e2e::{helm_binary, in_namespace, poll, random_suffix, ringfs_image, TestNamespace};
+use serde_json::{json, Value};
+use std::process::Command;
+
+const MANAGER: &str = "ringfs-e2e";
+
+fn strict_apply() -> PatchParams {
+    let mut pp = PatchParams::apply(MANAGER).force();
+    pp.field_validation = Some(ValidationDirective::Strict);
+    pp
+}
+
+async fn helm_install(ns: &TestNamespace) -> Result<()> {
+    let chart = ringfs_e2e::e2e_dir().join("../charts/ringfs");
+    let image = ringfs_image();
+    let (repo, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+    let out = tokio::task::spawn_blocking({
+        let ns = ns.name.clone();
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        move || {
+            Command::new(helm_binary())
+                .args(["install", "op"])
+                .arg(&chart)
+                .args(["-n", &ns])
+                .args(["--set", &format!("image.repository={repo}")])
+                .args(["--set", &format!("image.tag={tag}")])
+                .args(["--set", &format!("operator.watchNamespace={ns}")])
+                .args([
+                    "--wait",
+                    "--timeout",
+                    &format!("{}s", ringfs_e2e::timeout().as_secs()),
+                ])
+                .output()
+        }
+    })
+    .await??;
+    ensure!(
+        out.status.success(),
+        "helm install of charts/ringfs failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Static hostPath volumes for `n` node claims of class `class`.
+async fn make_pvs(client: &Client, class: &str, n: usize) -> Result<Vec<String>> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("{class}-{i}");
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "ringfs-e2e"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": class,
+                "hostPath": {"path": format!("/tmp/{name}"), "type": "DirectoryOrCreate"},
+            }
+        }))?;
+        pvs.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
+            .await
+            .with_context(|| format!("creating PersistentVolume {name}"))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn delete_pvs(client: &Client, names: &[String]) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for n in names {
+        let _ = pvs.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+fn cluster_json(name: &str, replicas: i64, replication: i64, class: &str) -> Value {
+    json!({
+        "apiVersion": "ringfs.io/v1alpha1", "kind": "DfsCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas, "replication": replication, "partitions": 64,
+            "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"size": "1Gi", "storageClassName": class, "deleteClaimsOnScaleDown": true},
+        }
+    })
+}
+
+fn dyn_api<K: kube::Resource<DynamicType = ()>>(
+    ns: &TestNamespace,
+) -> (Api<DynamicObject>, ApiResource) {
+    let ar = ApiResource::erase::<K>(&());
+    (Api::namespaced_with(ns.client.clone(), &ns.name, &ar), ar)
+}
+
+async fn apply_json(api: &Api<DynamicObject>, obj: &Value) -> Result<(), String> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.patch(&name, &strict_apply(), &Patch::Apply(obj))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn condition(dc: &DfsCluster, type_: &str) -> Option<(String, String, String)> {
+    dc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_cluster(
+    api: &Api<DfsCluster>,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&DfsCluster) -> bool,
+) -> Result<DfsCluster> {
+    poll(what, || async {
+        let dc = api.get(name).await?;
+        Ok(ok(&dc).then_some(dc))
+    })
+    .await
+}
+
+/// Invalid specs are refused by the API server itself, with messages naming the field.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: run through e2e/run.sh"]
+async fn operator_invalid_specs_are_rejected() -> Result<()> {
+    in_namespace("ringfs-e2e-opval", |ns| async move {
+        helm_install(&ns).await?;
+        let (api, _) = dyn_api::<DfsCluster>(&ns);
+        let err = apply_json(&api, &cluster_json("bad-replicas", 0, 1, "x"))
+            .await
+            .expect_err("replicas 0 must be rejected");
+        ensure!(err.contains("spec.replicas"), "unclear message: {err}");
+        let err = apply_json(&api, &cluster_json("bad-rf", 2, 3, "x"))
+            .await
+            .expect_err("replication > replicas must be rejected");
+        ensure!(
+            err.contains("must not exceed spec.replicas"),
+            "unclear message: {err}"
+        );
+        let mut unknown = cluster_json("bad-field", 3, 3, "x");
+        unknown["spec"]["bogus"] = json!(1);
+        let err = apply_json(&api, &unknown)
+            .await
+            .expect_err("unknown fields must be rejected");
+        ensure!(err.contains("bogus"), "unclear message: {err}");
+        // Partitions are fixed at creation. The object stays without pods (no PVs).
+        apply_json(&api, &cluster_json("fixed", 3, 3, "none"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut changed = cluster_json("fixed", 3, 3, "none");
+        changed["spec"]["partitions"] = json!(128);
+        let err = apply_json(&api, &changed)
+            .await
+            .expect_err("changing partitions must be rejected");
+        ensure!(
+            err.contains("spec.partitions is fixed"),
+            "unclear message: {err}"
+        );
+        let (vols, _) = dyn_api::<DfsVolume>(&ns);
+        let err = apply_json(
+            &vols,
+            &json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolume",
+                    "metadata": {"name": "v"},
+                    "spec": {"cluster": "fixed", "capacity": "ten gigs"}}),
+        )
+        .await
+        .expect_err("bad capacity must be rejected");
+        ensure!(err.contains("spec.capacity"), "unclear message: {err}");
+        Ok(())
+    })
+    .await
+}
+
+/// A 3-node cluster becomes Available; volumes are created, resized and deleted; a
+/// scale-down below RF is refused with a condition; 3 -> 4 -> 3 keeps the volume.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: run through e2e/run.sh"]
+async fn operator_cluster_lifecycle() -> Result<()> {
+    let client = ringfs_e2e::client().await?;
+    let class = format!("ringfs-e2e-{}", random_suffix());
+    let pvs = make_pvs(&client, &class, 4).await?;
+    let result = in_namespace("ringfs-e2e-op", |ns| {
+        let class = class.clone();
+        async move {
+            helm_install(&ns).await?;
+            let (dyn_clusters, _) = dyn_api::<DfsCluster>(&ns);
+            apply_json(&dyn_clusters, &cluster_json("c", 3, 3, &class))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let clusters: Api<DfsCluster> = ns.api();
+            let dc = wait_cluster(
+                &clusters,
+                "c",
+                "DfsCluster c Available with 3 members",
+                |dc| {
+                    condition(dc, "Available").is_some_and(|c| c.0 == "True")
+                        && dc.status.as_ref().is_some_and(|s| s.members == 3)
+                },
+            )
+            .await
+            .with_context(|| "cluster never became Available")?;
+            eprintln!("DfsCluster c available: {:?}", dc.status);
+
+            // Volume lifecycle.
+            let (vols, _) = dyn_api::<DfsVolume>(&ns);
+            let vol = |cap: &str| {
+                json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolume",
+                       "metadata": {"name": "data"},
+                       "spec": {"cluster": "c", "capacity": cap, "replication": 3}})
+            };
+            apply_json(&vols, &vol("64Mi"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let typed: Api<DfsVolume> = ns.api();
+            poll("DfsVolume data Bound at 64Mi", || async {
+                let v = typed.get("data").await?;
+                Ok(v.status
+                    .as_ref()
+                    .is_some_and(|s| s.capacity_bytes == Some(64 << 20))
+                    .then_some(()))
+            })
+            .await?;
+            apply_json(&vols, &vol("128Mi"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            poll("DfsVolume data resized to 128Mi", || async {
+                let v = typed.get("data").await?;
+                Ok(v.status
+                    .as_ref()
+                    .is_some_and(|s| s.capacity_bytes == Some(128 << 20))
+                    .then_some(()))
+            })
+            .await?;
+
+            // Below RF: refused, the StatefulSet keeps 3 pods.
+            clusters
+                .patch(
+                    "c",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": 1}})),
+                )
+                .await?;
+            let dc = wait_cluster(&clusters, "c", "scale-down to 1 refused", |dc| {
+                condition(dc, "Progressing").is_some_and(|c| c.1 == "ScaleDownRefused")
+            })
+            .await?;
+            let (_, _, msg) = condition(&dc, "Progressing").unwrap_or_default();
+            ensure!(
+                msg.contains("below spec.replication=3"),
+                "unclear refusal: {msg}"
+            );
+            ensure!(
+                dc.status.as_ref().is_some_and(|s| s.members == 3),
+                "members changed"
+            );
+
+            // 3 -> 4 -> 3 (needs Drain/Remove/RebalanceStatus on the nodes).
+            clusters
+                .patch(
+                    "c",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": 4}})),
+                )
+                .await?;
+            wait_cluster(&clusters, "c", "4 members", |dc| {
+                dc.status.as_ref().is_some_and(|s| s.members == 4)
+                    && condition(dc, "Available").is_some_and(|c| c.0 == "True")
+            })
+            .await?;
+            clusters
+                .patch(
+                    "c",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": 3}})),
+                )
+                .await?;
+            wait_cluster(&clusters, "c", "back to 3 members and 3 pods", |dc| {
+                dc.status
+                    .as_ref()
+                    .is_some_and(|s| s.members == 3 && s.replicas == 3)
+            })
+            .await?;
+            let v = typed.get("data").await?;
+            ensure!(
+                v.status.as_ref().and_then(|s| s.capacity_bytes) == Some(128 << 20),
+                "volume changed across scaling: {:?}",
+                v.status
+            );
+
+            // Delete the volume: the finalizer removes it from the cluster.
+            typed.delete("data", &DeleteParams::default()).await?;
+            poll("DfsVolume data deleted", || async {
+                Ok(typed.get_opt("data").await?.is_none().then_some(()))
+            })
+            .await?;
+            Ok(())
+        }
+    })
+    .await;
+    delete_pvs(&client, &pvs).await;
+    result
+}

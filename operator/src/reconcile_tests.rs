@@ -1,0 +1,522 @@
+//! Reconcilers against the scripted API server: every HTTP call is asserted in order.
+
+use crate::testing::{api_server, condition, context, Expect, FakeAdmin, Reply};
+use crate::{cluster, volume};
+use ringfs_api::{
+    AccessMode, DfsCluster, DfsClusterSpec, DfsClusterStatus, DfsVolume, DfsVolumeSpec, StorageSpec,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const NS: &str = "ns";
+
+fn dfs_cluster(replicas: i32, finalizer: bool) -> DfsCluster {
+    let mut dc = DfsCluster::new(
+        "c1",
+        DfsClusterSpec {
+            replicas,
+            image: "ringfs:dev".into(),
+            image_pull_policy: None,
+            partitions: 64,
+            replication: 3,
+            storage: StorageSpec {
+                size: "1Gi".into(),
+                storage_class_name: None,
+                delete_claims_on_scale_down: false,
+            },
+            resources: None,
+        },
+    );
+    dc.metadata.namespace = Some(NS.into());
+    dc.metadata.uid = Some("uid-c1".into());
+    dc.metadata.generation = Some(2);
+    dc.metadata.resource_version = Some("10".into());
+    if finalizer {
+        dc.metadata.finalizers = Some(vec![cluster::FINALIZER.into()]);
+    }
+    dc
+}
+
+fn sts_json(replicas: i32, ready: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "c1", "namespace": NS},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "c1-nodes"},
+        "status": {"replicas": replicas, "readyReplicas": ready}
+    })
+}
+
+const CLUSTERS: &str = "/apis/ringfs.io/v1alpha1/namespaces/ns/dfsclusters/c1";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+/// The five server-side applies of the owned objects, asserting owner and replicas.
+fn owned_applies(replicas: i32) -> Vec<Expect> {
+    let owner = |b: &Value| {
+        assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "uid-c1", "{b}");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["controller"], true);
+    };
+    vec![
+        Expect::new(
+            "PATCH",
+            "/api/v1/namespaces/ns/configmaps/c1-config",
+            Reply::Echo,
+        )
+        .check(move |b| {
+            owner(b);
+            assert_eq!(b["data"]["RINGFS_REPLICATION"], "3");
+        }),
+        Expect::new(
+            "PATCH",
+            "/api/v1/namespaces/ns/services/c1-nodes",
+            Reply::Echo,
+        )
+        .check(move |b| {
+            owner(b);
+            assert_eq!(b["spec"]["clusterIP"], "None");
+            assert_eq!(b["spec"]["publishNotReadyAddresses"], true);
+        }),
+        Expect::new("PATCH", "/api/v1/namespaces/ns/services/c1", Reply::Echo).check(owner),
+        Expect::new(
+            "PATCH",
+            "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/c1",
+            Reply::Echo,
+        )
+        .check(move |b| {
+            owner(b);
+            assert_eq!(b["spec"]["maxUnavailable"], 1);
+        }),
+        Expect::new(
+            "PATCH",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Echo,
+        )
+        .check(move |b| {
+            owner(b);
+            assert_eq!(b["spec"]["replicas"], replicas, "StatefulSet replicas");
+        }),
+    ]
+}
+
+fn event(reason: &'static str) -> Expect {
+    Expect::new("POST", EVENTS, Reply::Echo).check(move |b| {
+        assert_eq!(b["reason"], reason, "{b}");
+    })
+}
+
+fn status_patch(check: impl Fn(&Value) + Send + 'static) -> Expect {
+    Expect::new("PATCH", format!("{CLUSTERS}/status"), Reply::Echo).check(move |b| {
+        assert_eq!(b["status"]["observedGeneration"], 2);
+        check(b)
+    })
+}
+
+async fn run_cluster(dc: DfsCluster, admin: Arc<FakeAdmin>, script: Vec<Expect>) -> Vec<Value> {
+    let (client, server) = api_server(script);
+    let ctx = context(client, admin);
+    cluster::reconcile(Arc::new(dc), ctx.clone())
+        .await
+        .expect("reconcile");
+    drop(ctx);
+    server.await.expect("api server script")
+}
+
+#[tokio::test]
+async fn new_cluster_gets_a_finalizer_first() {
+    let bodies = run_cluster(
+        dfs_cluster(3, false),
+        Arc::new(FakeAdmin::default()),
+        vec![Expect::new(
+            "PATCH",
+            CLUSTERS,
+            Reply::Json(serde_json::to_value(dfs_cluster(3, true)).unwrap()),
+        )],
+    )
+    .await;
+    assert!(
+        bodies[0].to_string().contains(cluster::FINALIZER),
+        "{}",
+        bodies[0]
+    );
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_owned_objects_and_reports_starting() {
+    let admin = Arc::new(FakeAdmin::default());
+    let mut script = vec![Expect::new(
+        "GET",
+        "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+        Reply::NotFound,
+    )];
+    script.extend(owned_applies(3));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Available")["status"], "False");
+        assert_eq!(condition(b, "Available")["reason"], "NodesStarting");
+        assert_eq!(condition(b, "Progressing")["reason"], "ScalingUp");
+        assert_eq!(
+            b["status"]["selector"],
+            "app.kubernetes.io/component=node,app.kubernetes.io/instance=c1,app.kubernetes.io/name=ringfs"
+        );
+    }));
+    run_cluster(dfs_cluster(3, true), admin.clone(), script).await;
+    assert!(
+        admin.calls().is_empty(),
+        "no cluster calls before pods are ready"
+    );
+}
+
+#[tokio::test]
+async fn healthy_cluster_is_available() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+    ]));
+    let mut script = vec![Expect::new(
+        "GET",
+        "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+        Reply::Json(sts_json(3, 3)),
+    )];
+    script.extend(owned_applies(3));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Available")["status"], "True");
+        assert_eq!(condition(b, "Progressing")["reason"], "Stable");
+        assert_eq!(condition(b, "Degraded")["status"], "False");
+        assert_eq!(condition(b, "Rebalancing")["reason"], "Balanced");
+        assert_eq!(b["status"]["members"], 3);
+        assert_eq!(b["status"]["readyReplicas"], 3);
+        assert_eq!(b["status"]["leader"], 1);
+    }));
+    run_cluster(dfs_cluster(3, true), admin.clone(), script).await;
+    assert!(admin.calls().is_empty());
+}
+
+#[tokio::test]
+async fn scale_up_grows_the_statefulset_and_says_so() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+    ]));
+    let mut script = vec![
+        Expect::new(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Json(sts_json(3, 3)),
+        ),
+        event("ScalingUp"),
+    ];
+    script.extend(owned_applies(4));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Progressing")["status"], "True");
+        assert_eq!(condition(b, "Progressing")["reason"], "ScalingUp");
+    }));
+    run_cluster(dfs_cluster(4, true), admin, script).await;
+}
+
+#[tokio::test]
+async fn scale_down_drains_the_highest_node_before_shrinking() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+        (4, "active"),
+    ]));
+    let mut script = vec![
+        Expect::new(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Json(sts_json(4, 4)),
+        ),
+        event("DrainStarted"),
+    ];
+    script.extend(owned_applies(4));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Progressing")["reason"], "Draining");
+        assert_eq!(b["status"]["drainingNode"], 4);
+    }));
+    run_cluster(dfs_cluster(3, true), admin.clone(), script).await;
+    assert_eq!(admin.calls(), vec!["drain 4"]);
+}
+
+#[tokio::test]
+async fn drained_node_is_removed_then_the_statefulset_shrinks() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+        (4, "drained"),
+    ]));
+    let mut script = vec![
+        Expect::new(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Json(sts_json(4, 4)),
+        ),
+        event("NodeRemoved"),
+    ];
+    script.extend(owned_applies(4));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Progressing")["reason"], "RemovingNode");
+    }));
+    run_cluster(dfs_cluster(3, true), admin.clone(), script).await;
+    assert_eq!(admin.calls(), vec!["remove 4"]);
+
+    // Next round: node 4 is gone from the membership, so the pod goes.
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+    ]));
+    let mut script = vec![
+        Expect::new(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Json(sts_json(4, 4)),
+        ),
+        event("ScaledDown"),
+    ];
+    script.extend(owned_applies(3));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Progressing")["reason"], "ScalingDown");
+    }));
+    run_cluster(dfs_cluster(3, true), admin.clone(), script).await;
+    assert!(admin.calls().is_empty());
+}
+
+#[tokio::test]
+async fn scale_below_replication_is_refused_with_a_condition() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+    ]));
+    let mut script = vec![
+        Expect::new(
+            "GET",
+            "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+            Reply::Json(sts_json(3, 3)),
+        ),
+        Expect::new("POST", EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["reason"], "ScaleDownRefused");
+            assert_eq!(b["type"], "Warning");
+        }),
+    ];
+    script.extend(owned_applies(3));
+    script.push(status_patch(|b| {
+        let p = condition(b, "Progressing");
+        assert_eq!(p["status"], "False");
+        assert_eq!(p["reason"], "ScaleDownRefused");
+        assert!(p["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.replicas=1 is below spec.replication=3"));
+        assert_eq!(condition(b, "Available")["status"], "True");
+    }));
+    run_cluster(dfs_cluster(1, true), admin.clone(), script).await;
+    assert!(
+        admin.calls().is_empty(),
+        "nothing drained: {:?}",
+        admin.calls()
+    );
+}
+
+#[tokio::test]
+async fn refused_drain_blocks_with_the_clusters_reason() {
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+        (4, "active"),
+    ]));
+    *admin.drain_refusal.lock().unwrap() = Some("only 3 active nodes would remain".into());
+    let mut script = vec![Expect::new(
+        "GET",
+        "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+        Reply::Json(sts_json(4, 4)),
+    )];
+    script.extend(owned_applies(4));
+    script.push(status_patch(|b| {
+        let p = condition(b, "Progressing");
+        assert_eq!(p["reason"], "ScaleDownBlocked");
+        assert!(p["message"]
+            .as_str()
+            .unwrap()
+            .contains("only 3 active nodes"));
+    }));
+    run_cluster(dfs_cluster(3, true), admin, script).await;
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_in_use_waits_for_its_volumes() {
+    let mut dc = dfs_cluster(3, true);
+    dc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    let vol = serde_json::to_value(dfs_volume("v1", "1Gi", true)).unwrap();
+    let (client, server) = api_server(vec![
+        Expect::new(
+            "GET",
+            "/apis/ringfs.io/v1alpha1/namespaces/ns/dfsvolumes",
+            Reply::Json(
+                json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolumeList",
+                               "metadata": {}, "items": [vol]}),
+            ),
+        ),
+        event("DeletionWaiting"),
+    ]);
+    let ctx = context(client, Arc::new(FakeAdmin::default()));
+    let err = cluster::reconcile(Arc::new(dc), ctx.clone())
+        .await
+        .expect_err("finalizer must stay while volumes exist");
+    assert!(
+        err.to_string().contains("still used by DfsVolumes v1"),
+        "{err}"
+    );
+    drop(ctx);
+    server.await.unwrap();
+}
+
+fn dfs_volume(name: &str, capacity: &str, finalizer: bool) -> DfsVolume {
+    let mut v = DfsVolume::new(
+        name,
+        DfsVolumeSpec {
+            cluster: "c1".into(),
+            volume_name: None,
+            capacity: capacity.into(),
+            replication: 2,
+            access_mode: AccessMode::ReadWriteMany,
+        },
+    );
+    v.metadata.namespace = Some(NS.into());
+    v.metadata.uid = Some(format!("uid-{name}"));
+    v.metadata.generation = Some(1);
+    v.metadata.resource_version = Some("5".into());
+    if finalizer {
+        v.metadata.finalizers = Some(vec![volume::FINALIZER.into()]);
+    }
+    v
+}
+
+fn available_cluster() -> Value {
+    let mut dc = dfs_cluster(3, true);
+    dc.status = Some(DfsClusterStatus {
+        conditions: vec![crate::conditions::cond(
+            "Available",
+            true,
+            "ClusterReady",
+            "ok",
+        )],
+        ..Default::default()
+    });
+    serde_json::to_value(dc).unwrap()
+}
+
+const VOLUMES: &str = "/apis/ringfs.io/v1alpha1/namespaces/ns/dfsvolumes";
+
+#[tokio::test]
+async fn volume_is_created_in_the_cluster_and_bound() {
+    let admin = Arc::new(FakeAdmin::default());
+    let (client, server) = api_server(vec![
+        Expect::new("GET", CLUSTERS, Reply::Json(available_cluster())),
+        event("Created"),
+        Expect::new("PATCH", format!("{VOLUMES}/data/status"), Reply::Echo).check(|b| {
+            assert_eq!(b["status"]["phase"], "Bound");
+            assert_eq!(b["status"]["capacityBytes"], 1u64 << 30);
+            assert_eq!(b["status"]["usedBytes"], 0);
+            assert_eq!(condition(b, "Ready")["status"], "True");
+        }),
+    ]);
+    let ctx = context(client, admin.clone());
+    volume::reconcile(Arc::new(dfs_volume("data", "1Gi", true)), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    server.await.unwrap();
+    assert_eq!(admin.calls(), vec![format!("create data {} 2", 1u64 << 30)]);
+}
+
+#[tokio::test]
+async fn volume_capacity_change_resizes() {
+    let admin = Arc::new(FakeAdmin::default());
+    admin.volumes.lock().unwrap().push((
+        "data".into(),
+        crate::admin::VolumeInfo {
+            id: 11,
+            capacity_bytes: 1 << 30,
+            used_bytes: 4096,
+            replication: 2,
+        },
+    ));
+    let mut dv = dfs_volume("data", "2Gi", true);
+    dv.status = Some(ringfs_api::DfsVolumeStatus {
+        capacity_bytes: Some(1 << 30),
+        ..Default::default()
+    });
+    let (client, server) = api_server(vec![
+        Expect::new("GET", CLUSTERS, Reply::Json(available_cluster())),
+        event("Resized"),
+        Expect::new("PATCH", format!("{VOLUMES}/data/status"), Reply::Echo).check(|b| {
+            assert_eq!(b["status"]["capacityBytes"], 2u64 << 30);
+            assert_eq!(b["status"]["usedBytes"], 4096);
+        }),
+    ]);
+    let ctx = context(client, admin.clone());
+    volume::reconcile(Arc::new(dv), ctx.clone()).await.unwrap();
+    drop(ctx);
+    server.await.unwrap();
+    assert_eq!(admin.calls(), vec![format!("resize data {}", 2u64 << 30)]);
+}
+
+#[tokio::test]
+async fn volume_waits_for_a_missing_cluster() {
+    let admin = Arc::new(FakeAdmin::default());
+    let (client, server) = api_server(vec![
+        Expect::new("GET", CLUSTERS, Reply::NotFound),
+        Expect::new("PATCH", format!("{VOLUMES}/data/status"), Reply::Echo).check(|b| {
+            assert_eq!(b["status"]["phase"], "Pending");
+            let r = condition(b, "Ready");
+            assert_eq!(r["reason"], "ClusterNotFound");
+            assert!(r["message"].as_str().unwrap().contains("fix spec.cluster"));
+        }),
+    ]);
+    let ctx = context(client, admin.clone());
+    volume::reconcile(Arc::new(dfs_volume("data", "1Gi", true)), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    server.await.unwrap();
+    assert!(admin.calls().is_empty());
+}
+
+#[tokio::test]
+async fn deleted_volume_is_removed_from_the_cluster_then_released() {
+    let admin = Arc::new(FakeAdmin::default());
+    admin.volumes.lock().unwrap().push((
+        "data".into(),
+        crate::admin::VolumeInfo {
+            id: 11,
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            replication: 2,
+        },
+    ));
+    let mut dv = dfs_volume("data", "1Gi", true);
+    dv.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    let released = serde_json::to_value(dfs_volume("data", "1Gi", false)).unwrap();
+    let (client, server) = api_server(vec![
+        Expect::new("GET", CLUSTERS, Reply::Json(available_cluster())),
+        event("Deleted"),
+        Expect::new("PATCH", format!("{VOLUMES}/data"), Reply::Json(released)).check(|b| {
+            // The finalizer is removed with a JSON patch guarded by a test of its value.
+            assert!(b.to_string().contains(volume::FINALIZER), "{b}");
+        }),
+    ]);
+    let ctx = context(client, admin.clone());
+    volume::reconcile(Arc::new(dv), ctx.clone()).await.unwrap();
+    drop(ctx);
+    server.await.unwrap();
+    assert_eq!(admin.calls(), vec!["delete data"]);
+    assert!(admin.volumes.lock().unwrap().is_empty());
+}
