@@ -53,6 +53,9 @@ stage "cluster tests (real ringfs-node processes)"
 # One at a time: each test runs its own 3-node cluster, and this machine may have 2 cores.
 cargo test -p ringfs-node --locked --test cluster -- --test-threads=1 --nocapture
 
+stage "membership tests (join, drain, remove, node loss, scrub; real node processes)"
+cargo test -p ringfs-node --locked --test membership -- --test-threads=1 --nocapture
+
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)
 RINGFS="$CARGO_TARGET_DIR/debug/ringfs"
@@ -95,7 +98,7 @@ else
     # Compile the e2e tests before the cluster comes up, so it is not idle during builds.
     cargo test -p ringfs-e2e --locked --no-run
     RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
-        cargo test -p ringfs-e2e --locked -- --ignored --test-threads=1
+        cargo test -p ringfs-e2e --locked --test smoke -- --ignored --test-threads=1
 fi
 
 stage "done"

@@ -375,7 +375,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         require("volume_id", &req.volume_id)?;
         require("volume_path", &req.volume_path)?;
-        let path = mounts::normalize(&req.volume_path)?;
+        let path = mounted_path(&req.volume_id, &req.volume_path)?;
         let table = mounts::read_mountinfo()?;
         let mounted = mounts::mount_at(&table, &path)
             .is_some_and(|m| m.ringfs_volume() == Some(req.volume_id.as_str()));
@@ -439,7 +439,7 @@ impl Node for NodeService {
                 return Err(CsiError::InvalidArgument(why).into());
             }
         }
-        let path = mounts::normalize(&req.volume_path)?;
+        let path = mounted_path(&req.volume_id, &req.volume_path)?;
         let table = mounts::read_mountinfo()?;
         let mounted = mounts::mount_at(&table, &path)
             .is_some_and(|m| m.ringfs_volume() == Some(req.volume_id.as_str()));
@@ -489,4 +489,17 @@ impl Node for NodeService {
             accessible_topology,
         }))
     }
+}
+
+/// The path a volume is said to be mounted at, for the calls that ask about a mounted
+/// volume (stats, expand): a path that is not absolute cannot be one, so the volume is
+/// NOT_FOUND there (the spec's answer), not an invalid argument.
+fn mounted_path(volume_id: &str, volume_path: &str) -> Result<std::path::PathBuf, Status> {
+    if !std::path::Path::new(volume_path).is_absolute() {
+        return Err(CsiError::NotFound(format!(
+            "volume {volume_id} is not mounted at {volume_path:?}: not an absolute path"
+        ))
+        .into());
+    }
+    Ok(mounts::normalize(volume_path)?)
 }

@@ -329,6 +329,9 @@ async fn mounts_survive_plugin_restart_and_dead_daemons_are_repaired() {
     let mut back = vec![0u8; data.len()];
     f.read_exact_at(&mut back, 0).unwrap();
     assert!(back == data, "content differs after repair");
+    // The app closes its file before the pod goes: an open file would keep the (lazily
+    // detached) FUSE connection, and so its daemon, alive.
+    drop(f);
 
     // Unpublish/unstage clean up, and are idempotent (a crash may repeat them).
     for _ in 0..2 {

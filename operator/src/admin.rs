@@ -196,12 +196,9 @@ impl Admin for GrpcAdmin {
                 node_id: node,
                 cancel: false,
             };
-            c.call(|ch| {
-                let req = req.clone();
-                async move { admin_client(ch).drain(req).await }
-            })
-            .await
-            .map_err(|e| map_err(e, "Drain"))?;
+            c.call(|ch| async move { admin_client(ch).drain(req).await })
+                .await
+                .map_err(|e| map_err(e, "Drain"))?;
             Ok(())
         })
     }
@@ -214,10 +211,7 @@ impl Admin for GrpcAdmin {
                 force: false,
             };
             let r = c
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { admin_client(ch).remove(req).await }
-                })
+                .call(|ch| async move { admin_client(ch).remove(req).await })
                 .await
                 .map_err(|e| map_err(e, "Remove"))?;
             Ok(r.removed)

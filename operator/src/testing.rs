@@ -97,9 +97,10 @@ pub fn api_server(script: Vec<Expect>) -> (Client, tokio::task::JoinHandle<Vec<V
                 .expect("response");
             send.send_response(resp);
         }
-        match tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await {
-            Ok(Some((req, _))) => panic!("unexpected extra request {} {}", req.method(), req.uri()),
-            Ok(None) | Err(_) => {}
+        if let Ok(Some((req, _))) =
+            tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await
+        {
+            panic!("unexpected extra request {} {}", req.method(), req.uri());
         }
         bodies
     });

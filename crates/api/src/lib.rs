@@ -6,6 +6,10 @@
 //! cross-field constraints. Unknown fields are rejected by the API server's strict field
 //! validation (kubectl's default) because the schema is structural and closed.
 
+// `printcolumn(...)` is repeated once per column inside `#[kube(...)]`; clippy reads the
+// repetitions as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::core::crd::merge_crds;
@@ -379,7 +383,10 @@ mod tests {
             ".status.selector"
         );
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["properties"]["replicas"]["minimum"], 1);
+        assert_eq!(
+            spec["properties"]["replicas"]["minimum"].as_f64(),
+            Some(1.0)
+        );
         assert_eq!(
             spec["properties"]["partitions"]["x-kubernetes-validations"][0]["rule"],
             "self == oldSelf"

@@ -708,7 +708,7 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, ClientError::Blocks(_)), "{msg}");
         assert!(msg.contains("node 1") && msg.contains("node 2"), "{msg}");
-        assert!(msg.contains("0 of 2"), "{msg}");
+        assert!(msg.contains("0 of [1, 2] stored it"), "{msg}");
     }
 
     #[tokio::test]
