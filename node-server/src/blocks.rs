@@ -1825,7 +1825,10 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ClientError::Blocks(_)), "{msg}");
-        assert!(msg.contains("2 of 3") && msg.contains("node 3"), "{msg}");
+        assert!(
+            msg.contains("2 of [1, 2, 3] stored it") && msg.contains("node 3"),
+            "{msg}"
+        );
         // Every write finished before put returned: nothing is still in flight.
         assert_eq!(a.store.stats().0, 1);
         assert_eq!(b.store.stats().0, 1);
