@@ -380,9 +380,15 @@ impl Cluster {
     }
 
     /// Where a new block goes while layout versions overlap: the union of the first `rf`
-    /// owners of every live version (newest first), and for each version its owner set
-    /// with a majority quorum. A block is durable for every version it reaches a quorum
-    /// of, so whichever version reads find synced holds it.
+    /// owners of every live version (newest first). A majority of the newest version's
+    /// owners must store it; older versions' owners get it best-effort (no quorum).
+    ///
+    /// Requiring a majority in every live version made one down node block all writes
+    /// while an old version lingered (e.g. the 2-node layout from cluster formation, whose
+    /// majority is both nodes, stays live until every node synced — never, while one is
+    /// down). Readers that miss a block on an older version's owners fall back to the
+    /// newest owners and then to every node, so a block on a majority of the newest
+    /// version is always found.
     pub fn write_targets(
         view: &LayoutView,
         block: &BlockId,
@@ -390,7 +396,7 @@ impl Cluster {
     ) -> Result<(Vec<Replica>, Vec<QuorumSet>)> {
         let newest = Self::write_replicas(view, block, rf)?;
         let mut union: Vec<Replica> = newest.clone();
-        let mut quorums = vec![(
+        let quorums = vec![(
             newest.iter().map(|r| r.node).collect::<Vec<_>>(),
             crate::files::write_quorum(newest.len()),
         )];
@@ -407,8 +413,6 @@ impl Cluster {
                     })?);
                 }
             }
-            let q = crate::files::write_quorum(set.len());
-            quorums.push((set, q));
         }
         Ok((union, quorums))
     }
