@@ -75,6 +75,25 @@ cp "$DEV_DIR/in2" "$DEV_DIR/mnt/sub/via-mount"
 "$RINGFS" --cluster "$SEEDS" get default:/sub/via-mount "$DEV_DIR/out2"
 cmp "$DEV_DIR/in2" "$DEV_DIR/out2"
 "$RINGFS" --cluster "$SEEDS" cluster status
+# Membership through the CLI: add a node, wait for the rebalance, refuse removing an
+# active node, drain it, wait, remove it; the data stays intact throughout.
+"$RINGFS" cluster add-node --dir "$DEV_DIR/c" --capacity 10GiB
+timeout 300 "$RINGFS" --cluster "$SEEDS" rebalance status --watch
+"$RINGFS" --cluster "$SEEDS" cluster status
+"$RINGFS" --cluster "$SEEDS" rebalance status --json | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["healthy"] and any(n["id"] == 4 and n["state"] == "active" for n in r["nodes"]), r'
+if "$RINGFS" --cluster "$SEEDS" cluster remove 4 2> "$DEV_DIR/err"; then
+    echo "removing an active node was not refused" >&2
+    exit 1
+fi
+grep -q "drain it first" "$DEV_DIR/err"
+"$RINGFS" --cluster "$SEEDS" cluster drain 4
+timeout 300 "$RINGFS" --cluster "$SEEDS" rebalance status --watch
+"$RINGFS" --cluster "$SEEDS" cluster remove 4 | grep -q "node 4 removed"
+timeout 300 "$RINGFS" --cluster "$SEEDS" rebalance status --watch
+"$RINGFS" --cluster "$SEEDS" rebalance status --json | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["healthy"] and len(r["nodes"]) == 3, r'
+"$RINGFS" --cluster "$SEEDS" get default:/smoke "$DEV_DIR/out3"
+cmp "$DEV_DIR/in" "$DEV_DIR/out3"
+cmp "$DEV_DIR/in2" "$DEV_DIR/mnt/sub/via-mount"
 "$RINGFS" dev down --dir "$DEV_DIR/c" --purge
 if grep -q " $DEV_DIR/mnt fuse" /proc/mounts; then
     echo "dev down left $DEV_DIR/mnt mounted" >&2

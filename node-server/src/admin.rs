@@ -8,6 +8,7 @@ use crate::sm::membership_nodes;
 use crate::types::{Command, Response as SmResponse};
 use openraft::{BasicNode, ChangeMembers};
 use ringfs_core::layout::{Layout, NodeSpec};
+use ringfs_core::BlockId;
 use ringfs_proto::admin::admin_service_client::AdminServiceClient;
 use ringfs_proto::admin::admin_service_server::{AdminService, AdminServiceServer};
 use ringfs_proto::admin::*;
@@ -455,7 +456,47 @@ impl AdminService for AdminServer {
             repair_backlog: p.repair_backlog,
         }))
     }
+
+    #[instrument(skip_all, fields(ids = request.get_ref().ids.len()), err)]
+    async fn unreferenced(
+        &self,
+        request: Request<UnreferencedRequest>,
+    ) -> Result<Response<UnreferencedReply>, Status> {
+        if let Route::Forward(addr) = self.node.route(&request).await? {
+            return self
+                .client(&addr)?
+                .unreferenced(Node::forwarded(request.into_inner()))
+                .await;
+        }
+        let r = request.into_inner();
+        if r.ids.len() > MAX_UNREFERENCED_IDS {
+            return Err(Status::invalid_argument(format!(
+                "{} ids in one request; ask about at most {MAX_UNREFERENCED_IDS}",
+                r.ids.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(r.ids.len());
+        for raw in &r.ids {
+            ids.push(BlockId::from_slice(raw).ok_or_else(|| {
+                Status::invalid_argument(format!("a block id is 16 bytes, got {} bytes", raw.len()))
+            })?);
+        }
+        match self.node.write(Command::Unreferenced { ids }).await? {
+            SmResponse::Blocks(ids) => Ok(Response::new(UnreferencedReply {
+                ids: ids
+                    .into_iter()
+                    .map(|id| bytes::Bytes::copy_from_slice(&id.0))
+                    .collect(),
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected state machine answer {other:?}"
+            ))),
+        }
+    }
 }
+
+/// Upper bound of ids in one `Unreferenced` request.
+pub const MAX_UNREFERENCED_IDS: usize = 4096;
 
 impl AdminServer {
     fn current_version(&self) -> Result<u64, Status> {

@@ -693,6 +693,33 @@ impl BlockStore {
     }
 
     /// Which of `ids` this node stores (presence only; content is verified on read).
+    /// The ids among `ids` whose copy here was stored more than `age` ago (by the block
+    /// file's modification time). Missing copies are left out.
+    pub async fn older_than(
+        self: &Arc<Self>,
+        ids: Vec<BlockId>,
+        age: std::time::Duration,
+    ) -> Result<Vec<BlockId>> {
+        self.blocking(move |s| {
+            let now = std::time::SystemTime::now();
+            let mut out = Vec::new();
+            for id in ids {
+                let path = s.block_path(id);
+                let modified = match fs::symlink_metadata(&path).and_then(|m| m.modified()) {
+                    Ok(t) => t,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(io_err(format!("stat {}", path.display()))(e)),
+                };
+                // A clock set back makes copies look young: they are kept, never lost.
+                if now.duration_since(modified).is_ok_and(|d| d > age) {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn has(self: &Arc<Self>, ids: Vec<BlockId>) -> Result<Vec<bool>> {
         self.blocking(move |s| {
             ids.iter()

@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "RINGFS_MIGRATE_BATCH", default_value_t = 16,
         value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub migrate_batch: u64,
+    /// A migration transfer takes more than --migrate-batch partitions while their
+    /// estimated size together stays below this (e.g. 512MiB): empty and small partitions
+    /// then move in a few round trips.
+    #[arg(long, env = "RINGFS_MIGRATE_BATCH_BYTES", default_value = "512MiB", value_parser = parse_size_arg)]
+    pub migrate_batch_bytes: u64,
     /// Deadline of one migration transfer, in seconds; a transfer past it is retried.
     #[arg(long, env = "RINGFS_TRANSFER_DEADLINE_SECS", default_value_t = 300)]
     pub transfer_deadline_secs: u64,
@@ -99,6 +104,12 @@ pub struct Config {
     /// in any live layout version.
     #[arg(long, env = "RINGFS_STALE_GC_INTERVAL_SECS", default_value_t = 60)]
     pub stale_gc_interval_secs: u64,
+    /// A local block copy that no file references is deleted by that sweep once its file
+    /// is older than this many seconds (younger ones may belong to a write not yet
+    /// committed). Such copies are left behind when blocks are deleted while this node is
+    /// down or cut off.
+    #[arg(long, env = "RINGFS_ORPHAN_GRACE_SECS", default_value_t = 3600)]
+    pub orphan_grace_secs: u64,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -122,6 +122,11 @@ pub fn list_volumes(r: &impl Reader) -> Result<Vec<VolumeInfo>> {
         .collect()
 }
 
+/// Whether some file references block `id`.
+pub fn block_referenced(r: &impl Reader, id: BlockId) -> Result<bool> {
+    Ok(get::<u64>(r, Tbl::BlockRefs, &id.0)?.is_some())
+}
+
 pub fn nodes(r: &impl Reader) -> Result<Vec<NodeRecord>> {
     let rows = r.scan(Tbl::Nodes, Bound::Unbounded, &[0xff; 9], usize::MAX)?;
     rows.iter().map(|(_, v)| dec(v)).collect()
@@ -362,6 +367,15 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
         Command::SetNodeState { id, state } => crate::members::set_state(w, id, state),
         Command::RemoveNode { id, force } => crate::members::remove(w, id, force),
         Command::SyncReport { node, version } => crate::members::sync_report(w, node, version),
+        Command::Unreferenced { ids } => {
+            let mut out = Vec::new();
+            for id in ids {
+                if get::<u64>(w, Tbl::BlockRefs, &id.0)?.is_none() {
+                    out.push(id);
+                }
+            }
+            Ok(Response::Blocks(out))
+        }
     }
 }
 

@@ -396,7 +396,7 @@ pub async fn run(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<boo
                 if let Ok(outcome) = res {
                     finish(&node, &mut sched, outcome);
                 }
-                continue;
+                // Plan again at once: the freed slots take the next transfers.
             }
             _ = shutdown.changed() => return,
         }
@@ -528,8 +528,13 @@ async fn round(
         .map(|(n, _)| *n)
         .collect();
     let (mut jobs, lost) = plan::plan(&v.live, &down, &draining);
+    // A partition not seen by any pull yet is estimated at the mean of those seen.
+    let mean = match s.sizes.len() as u64 {
+        0 => 0,
+        n => s.sizes.values().sum::<u64>() / n,
+    };
     for j in &mut jobs {
-        j.est_bytes = s.sizes.get(&j.partition).copied().unwrap_or(0);
+        j.est_bytes = s.sizes.get(&j.partition).copied().unwrap_or(mean);
     }
     plan::prioritize(&mut jobs);
     s.total_jobs = s.total_jobs.max(jobs.len() as u32);
@@ -555,6 +560,7 @@ async fn round(
     let limits = Limits {
         per_node: node.config.migrate_concurrency as usize,
         batch: node.config.migrate_batch as usize,
+        batch_bytes: node.config.migrate_batch_bytes,
     };
     for batch in plan::next_batches(&pending, &load, limits) {
         let Some(first) = batch.first() else { continue };
@@ -854,7 +860,8 @@ async fn keep_voters(node: &Arc<Node>) {
 
 /// Every node: deletes local copies of partitions this node owns in no live layout
 /// version, once a single version is live (old owners keep their copies until the
-/// transition is over).
+/// transition is over); then deletes copies no file references any more (see
+/// [`orphan_round`]).
 pub async fn run_stale_gc(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let period = Duration::from_secs(node.config.stale_gc_interval_secs.max(1));
     let mut tick = tokio::time::interval(period);
@@ -872,7 +879,74 @@ pub async fn run_stale_gc(node: Arc<Node>, mut shutdown: tokio::sync::watch::Rec
             ),
             Err(e) => debug!(error = %e, "stale copy sweep failed; will retry"),
         }
+        match orphan_round(&node).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                blocks = n,
+                "deleted copies of blocks no file references (deleted while this node was away)"
+            ),
+            Err(e) => debug!(error = %e, "unreferenced copy sweep failed; will retry"),
+        }
     }
+}
+
+/// Deletes local copies of blocks that no file references: the leader's garbage collector
+/// deletes an unreferenced block from the nodes it can reach, so a node that was down or
+/// cut off keeps its copy. Candidates are copies with no reference in this node's state
+/// machine, older than `--orphan-grace-secs` (a younger one may belong to a write not
+/// committed yet); the leader then confirms them through the Raft log, because this
+/// node's state machine may lag.
+pub async fn orphan_round(node: &Node) -> anyhow::Result<u64> {
+    let grace = Duration::from_secs(node.config.orphan_grace_secs);
+    let mut deleted = 0u64;
+    let mut after = None;
+    loop {
+        let page = node.blocks.list(after, LIST_PAGE).await?;
+        let n = page.len();
+        after = page.last().map(|b| b.id);
+        let candidates: Vec<BlockId> = {
+            let tx = node.sm.read()?;
+            let mut c = Vec::new();
+            for b in &page {
+                if !fsm::block_referenced(&tx, b.id)? {
+                    c.push(b.id);
+                }
+            }
+            c
+        };
+        let candidates = node.blocks.older_than(candidates, grace).await?;
+        for chunk in candidates.chunks(crate::admin::MAX_UNREFERENCED_IDS) {
+            let (_, leader) = node.leader().await?;
+            let ch = node.pool.get(&leader)?;
+            let reply = AdminServiceClient::new(ch)
+                .unreferenced(ringfs_proto::admin::UnreferencedRequest {
+                    ids: chunk
+                        .iter()
+                        .map(|id| bytes::Bytes::copy_from_slice(&id.0))
+                        .collect(),
+                })
+                .await?
+                .into_inner();
+            let asked: HashSet<BlockId> = chunk.iter().copied().collect();
+            let confirmed: Vec<BlockId> = reply
+                .ids
+                .iter()
+                .filter_map(|raw| BlockId::from_slice(raw))
+                .filter(|id| asked.contains(id))
+                .collect();
+            if !confirmed.is_empty() {
+                deleted += u64::from(node.blocks.delete(confirmed).await?);
+            }
+        }
+        if n < LIST_PAGE as usize {
+            break;
+        }
+    }
+    node.migration
+        .counters
+        .stale_deleted
+        .fetch_add(deleted, Ordering::Relaxed);
+    Ok(deleted)
 }
 
 async fn stale_gc_round(node: &Node) -> anyhow::Result<u64> {

@@ -82,6 +82,11 @@ pub enum Command {
         node: u64,
         version: u64,
     },
+    /// Changes nothing; answers which of `ids` have no reference (a read ordered in the
+    /// log, used to reconcile a node's leftover copies).
+    Unreferenced {
+        ids: Vec<BlockId>,
+    },
 }
 
 /// A replicated command's result.
@@ -102,6 +107,8 @@ pub enum Response {
     Purged {
         remaining: bool,
     },
+    /// Block ids (the answer to `Command::Unreferenced`).
+    Blocks(Vec<BlockId>),
     /// A command was refused; the message says why and what to do.
     Refused {
         code: RefusalCode,

@@ -503,3 +503,105 @@ async fn scrub_repairs_corrupt_and_deleted_blocks() {
         );
     }
 }
+
+/// Block ids stored in node `id`'s data directory (read from disk: works while it is down).
+fn block_ids_on_disk(c: &TestCluster, id: u64) -> BTreeSet<BlockId> {
+    c.block_files(id)
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str()?.parse::<BlockId>().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn returning_node_drops_copies_deleted_while_it_was_down() {
+    let mut c = TestCluster::start_with(
+        4,
+        &flags(&["--down-grace-secs", "3", "--orphan-grace-secs", "2"]),
+    )
+    .await;
+    let client = c.client();
+    let vol = c.volume("v", 1 << 30, 3).await;
+    for i in 0..24u64 {
+        put_bytes(&vol, &format!("/f-{i}"), &content(i, 100_000))
+            .await
+            .unwrap();
+    }
+    wait_healthy(&client, "healthy before the loss", Duration::from_secs(120)).await;
+    let leader = c.leader().await;
+    let victim = (1..=4).rev().find(|n| *n != leader).unwrap();
+    let alive: Vec<u64> = (1..=4).filter(|n| *n != victim).collect();
+    let before = blocks_per_node(&c, &alive).await;
+    let before: BTreeSet<BlockId> = before.values().flatten().copied().collect();
+    c.kill(victim);
+    let on_victim = block_ids_on_disk(&c, victim);
+    assert!(!on_victim.is_empty(), "node {victim} holds no block");
+    wait_for("victim marked down", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let s = client.rebalance_status().await.ok()?;
+            s.nodes
+                .iter()
+                .any(|n| n.id == victim && n.state == "down")
+                .then_some(())
+        }
+    })
+    .await;
+    // Delete half the files while the victim is away: the collector deletes their blocks
+    // from the nodes it reaches, not from the victim.
+    for i in 0..12u64 {
+        vol.remove(&format!("/f-{i}")).await.unwrap();
+    }
+    let gone = wait_for(
+        "blocks of deleted files collected on the live nodes",
+        Duration::from_secs(60),
+        || {
+            let (c, alive, before) = (&c, &alive, &before);
+            async move {
+                let now = blocks_per_node(c, alive).await;
+                let now: BTreeSet<BlockId> = now.values().flatten().copied().collect();
+                let gone: BTreeSet<BlockId> = before.difference(&now).copied().collect();
+                // 12 files of 100 kB: at least one block each.
+                (gone.len() >= 12).then_some(gone)
+            }
+        },
+    )
+    .await;
+    let leftovers: BTreeSet<BlockId> = on_victim.intersection(&gone).copied().collect();
+    assert!(
+        !leftovers.is_empty(),
+        "node {victim} held none of the deleted blocks: the test proves nothing"
+    );
+    println!(
+        "node {victim} holds {} copies of blocks deleted while it was down",
+        leftovers.len()
+    );
+    c.restart(victim);
+    wait_healthy(
+        &client,
+        "healthy after the node returned",
+        Duration::from_secs(180),
+    )
+    .await;
+    wait_for(
+        "the returned node dropped the deleted blocks",
+        Duration::from_secs(60),
+        || {
+            let (c, leftovers) = (&c, &leftovers);
+            async move {
+                let here = blocks_per_node(c, &[victim]).await;
+                let here = here.get(&victim)?;
+                here.is_disjoint(leftovers).then_some(())
+            }
+        },
+    )
+    .await;
+    // Nothing still referenced was lost: every remaining file reads back byte-exact and
+    // every block is at RF again.
+    for i in 12..24u64 {
+        assert_eq!(
+            get_bytes(&vol, &format!("/f-{i}")).await.unwrap(),
+            content(i, 100_000)
+        );
+    }
+    wait_all_at_rf(&c, &[1, 2, 3, 4], Duration::from_secs(120)).await;
+}

@@ -5,7 +5,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// The cluster answered and refused the request (bad input, not found, quota, ...).
-    #[error("{0}")]
+    /// Shown as the node's message alone: it says what was wrong and what to do.
+    #[error("{}", rejected_text(.0))]
     Rejected(tonic::Status),
     /// No node could be reached, or the cluster has no leader, within the retry budget.
     #[error("cluster unavailable: {0}")]
@@ -23,6 +24,17 @@ pub enum ClientError {
     Invalid(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+fn rejected_text(s: &tonic::Status) -> String {
+    if s.message().is_empty() {
+        format!(
+            "the cluster refused the request ({})",
+            s.code().description()
+        )
+    } else {
+        s.message().to_string()
+    }
 }
 
 impl ClientError {

@@ -113,8 +113,24 @@ pub fn prioritize(jobs: &mut [Job]) {
 pub struct Limits {
     /// Concurrent transfers per node, counting it as destination or as a source.
     pub per_node: usize,
-    /// Partitions per transfer (one pull RPC).
+    /// Partitions per transfer (one pull RPC) whatever their size.
     pub batch: usize,
+    /// A transfer takes more partitions than `batch` while their estimated bytes together
+    /// stay within this budget (up to [`MAX_BATCH_PARTITIONS`]): empty and small
+    /// partitions move in few round trips, because a listing costs the same for one
+    /// partition as for many. A transfer that outgrows its deadline is retried and skips
+    /// the blocks already copied, so a wrong estimate costs time, not progress.
+    pub batch_bytes: u64,
+}
+
+/// Upper bound of partitions in one transfer.
+pub const MAX_BATCH_PARTITIONS: usize = 1024;
+
+/// Whether a transfer holding `len` jobs of `bytes` estimated bytes may take one more
+/// job of `est` bytes.
+fn batch_has_room(len: usize, bytes: u64, est: u64, limits: Limits) -> bool {
+    len < limits.batch.max(1)
+        || (len < MAX_BATCH_PARTITIONS && bytes.saturating_add(est) <= limits.batch_bytes)
 }
 
 /// Picks the transfers to start now from `pending` (already prioritized), given the
@@ -130,18 +146,20 @@ pub fn next_batches(
     let mut load = running.clone();
     let mut open: BTreeMap<(NodeId, JobClass), usize> = BTreeMap::new();
     let mut batches: Vec<Vec<Job>> = Vec::new();
+    let mut batch_bytes: Vec<u64> = Vec::new();
     let busy = |load: &BTreeMap<NodeId, usize>, n: &NodeId| {
         load.get(n).copied().unwrap_or(0) >= limits.per_node.max(1)
     };
     for job in pending {
         if let Some(&i) = open.get(&(job.dest, job.class)) {
-            if batches[i].len() < limits.batch.max(1)
+            if batch_has_room(batches[i].len(), batch_bytes[i], job.est_bytes, limits)
                 && job
                     .sources
                     .iter()
                     .all(|s| batches[i][0].sources.contains(s) || !busy(&load, s))
             {
                 batches[i].push(job.clone());
+                batch_bytes[i] = batch_bytes[i].saturating_add(job.est_bytes);
                 continue;
             }
         }
@@ -154,6 +172,7 @@ pub fn next_batches(
         }
         open.insert((job.dest, job.class), batches.len());
         batches.push(vec![job.clone()]);
+        batch_bytes.push(job.est_bytes);
     }
     batches
 }
@@ -325,12 +344,13 @@ mod tests {
                 partition: p,
                 class: JobClass::Balance,
                 sources: vec![3],
-                est_bytes: 0,
+                est_bytes: 1,
             })
             .collect();
         let limits = Limits {
             per_node: 2,
             batch: 4,
+            batch_bytes: 0,
         };
         let b = next_batches(&jobs, &BTreeMap::new(), limits);
         // Node 3 is a source of every transfer: at most 2 transfers start.
@@ -344,6 +364,35 @@ mod tests {
                 .iter()
                 .all(|j| j.dest == t[0].dest && j.class == t[0].class));
         }
+    }
+
+    #[test]
+    fn small_partitions_share_a_transfer_large_ones_do_not() {
+        let job = |p: u32, est| Job {
+            dest: 1,
+            partition: p,
+            class: JobClass::Balance,
+            sources: vec![2],
+            est_bytes: est,
+        };
+        let limits = Limits {
+            per_node: 1,
+            batch: 4,
+            batch_bytes: 1000,
+        };
+        // 3000 empty partitions: capped at MAX_BATCH_PARTITIONS in one transfer.
+        let empty: Vec<Job> = (0..3000).map(|p| job(p, 0)).collect();
+        let b = next_batches(&empty, &BTreeMap::new(), limits);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].len(), MAX_BATCH_PARTITIONS);
+        // Large partitions: `batch` of them, even though they exceed the byte budget.
+        let big: Vec<Job> = (0..10).map(|p| job(p, 5000)).collect();
+        let b = next_batches(&big, &BTreeMap::new(), limits);
+        assert_eq!(b[0].len(), 4);
+        // Mixed: past `batch`, jobs join only while the budget holds.
+        let mixed: Vec<Job> = (0..10).map(|p| job(p, 150)).collect();
+        let b = next_batches(&mixed, &BTreeMap::new(), limits);
+        assert_eq!(b[0].len(), 6, "a 7th job would make 1050 > 1000 bytes");
     }
 
     #[test]
