@@ -31,6 +31,10 @@ pub struct MountOpts {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Lease of the mount's session in seconds: if the mount dies, files it had unlinked
+    /// while open are dropped this long after.
+    #[arg(long, default_value_t = 120.0, env = "RINGFS_SESSION_TTL")]
+    pub session_ttl: f64,
     /// Detach: run the mount in the background and return once it is mounted.
     #[arg(long, short = 'd')]
     pub background: bool,
@@ -130,6 +134,7 @@ pub async fn mount(
         threads: opts.threads.max(1),
         allow_other: opts.allow_other,
         read_only: opts.read_only,
+        session_ttl: seconds("session-ttl", opts.session_ttl)?,
         ..Default::default()
     };
     let cluster = Cluster::new(seeds)?;

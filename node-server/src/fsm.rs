@@ -67,6 +67,135 @@ fn k_dentry(vol: VolumeId, parent: Ino, name: &[u8]) -> Vec<u8> {
 fn k_orphan(vol: VolumeId, ino: Ino) -> Vec<u8> {
     [b"orphan/".as_slice(), &k_u64(vol), &k_u64(ino)].concat()
 }
+/// A client session (one mount) of a volume: [`SessionRec`].
+fn k_session(vol: VolumeId, session: u64) -> Vec<u8> {
+    [b"session/".as_slice(), &k_u64(vol), &k_u64(session)].concat()
+}
+/// Session `session` holds orphan `ino` open.
+fn k_held(vol: VolumeId, session: u64, ino: Ino) -> Vec<u8> {
+    [
+        b"held/".as_slice(),
+        &k_u64(vol),
+        &k_u64(session),
+        &k_u64(ino),
+    ]
+    .concat()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRec {
+    /// Proposer's clock (ns) after which the session is over unless renewed.
+    pub expires_ns: i64,
+    pub info: String,
+}
+
+fn session_expiry(now: i64, ttl_ms: u64) -> i64 {
+    let ttl_ns = i64::try_from(ttl_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    now.saturating_add(ttl_ns)
+}
+
+/// Ends `session`: forgets what it holds and drops the orphans nobody else holds.
+fn close_session(w: &impl Writer, vol: &mut VolumeRec, session: u64) -> Result<()> {
+    let id = vol.info.id;
+    let prefix = [b"held/".as_slice(), &k_u64(id), &k_u64(session)].concat();
+    let rows = w.scan(
+        Tbl::Sys,
+        Bound::Included(&prefix),
+        &prefix_end(&prefix),
+        usize::MAX,
+    )?;
+    for (k, _) in rows {
+        w.del(Tbl::Sys, &k)?;
+        if let Some(ino) = k.get(prefix.len()..).and_then(|b| b.try_into().ok()) {
+            release_orphan(w, vol, u64::from_be_bytes(ino))?;
+        }
+    }
+    w.del(Tbl::Sys, &k_session(id, session))?;
+    Ok(())
+}
+
+/// Drops orphan `ino` unless some session still holds it. A linked inode is left alone.
+fn release_orphan(w: &impl Writer, vol: &mut VolumeRec, ino: Ino) -> Result<()> {
+    let id = vol.info.id;
+    let Some(rec) = inode(w, id, ino)? else {
+        return Ok(());
+    };
+    if rec.attr.nlink != 0 || rec.attr.kind != FileKind::File {
+        return Ok(());
+    }
+    let prefix = [b"held/".as_slice(), &k_u64(id)].concat();
+    let mut after = prefix.clone();
+    loop {
+        let rows = w.scan(
+            Tbl::Sys,
+            Bound::Excluded(&after),
+            &prefix_end(&prefix),
+            1024,
+        )?;
+        let Some((last, _)) = rows.last() else { break };
+        after = last.clone();
+        if rows
+            .iter()
+            .any(|(k, _)| k.ends_with(&k_u64(ino)) && k.len() == prefix.len() + 16)
+        {
+            return Ok(());
+        }
+    }
+    drop_inode(w, vol, rec)
+}
+
+/// Sessions of every volume whose lease ran out before `now` (ns), oldest key first.
+pub fn expired_sessions(r: &impl Reader, now: i64, limit: usize) -> Result<Vec<(VolumeId, u64)>> {
+    let prefix = b"session/".to_vec();
+    let mut out = Vec::new();
+    let mut after = prefix.clone();
+    loop {
+        let rows = r.scan(
+            Tbl::Sys,
+            Bound::Excluded(&after),
+            &prefix_end(&prefix),
+            1024,
+        )?;
+        let Some((last, _)) = rows.last() else { break };
+        after = last.clone();
+        for (k, v) in &rows {
+            let rec: SessionRec = dec(v)?;
+            if rec.expires_ns < now {
+                if let Some((vol, s)) = split_session_key(&k[prefix.len()..]) {
+                    out.push((vol, s));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn split_session_key(k: &[u8]) -> Option<(VolumeId, u64)> {
+    let vol = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let s = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    Some((vol, s))
+}
+
+/// Every session of volume `vol` with its record.
+pub fn sessions(r: &impl Reader, vol: VolumeId) -> Result<Vec<(u64, SessionRec)>> {
+    let prefix = [b"session/".as_slice(), &k_u64(vol)].concat();
+    let rows = r.scan(
+        Tbl::Sys,
+        Bound::Included(&prefix),
+        &prefix_end(&prefix),
+        usize::MAX,
+    )?;
+    let mut out = Vec::new();
+    for (k, v) in rows {
+        if let Some((_, s)) = split_session_key(&k[b"session/".len()..]) {
+            out.push((s, dec(&v)?));
+        }
+    }
+    Ok(out)
+}
 fn k_chunk(vol: VolumeId, ino: Ino, chunk: u64) -> Vec<u8> {
     [k_u64(vol), k_u64(ino), k_u64(chunk)].concat()
 }
@@ -367,6 +496,27 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
         Command::SetNodeState { id, state } => crate::members::set_state(w, id, state),
         Command::RemoveNode { id, force } => crate::members::remove(w, id, force),
         Command::SyncReport { node, version } => crate::members::sync_report(w, node, version),
+        Command::ExpireSessions { sessions, now_ns } => {
+            let mut ended = 0u32;
+            for (vol_id, session) in sessions {
+                let Some(rec) = get::<SessionRec>(w, Tbl::Sys, &k_session(vol_id, session))? else {
+                    continue;
+                };
+                let Some(mut vol) = get::<VolumeRec>(w, Tbl::Volumes, &k_u64(vol_id))? else {
+                    w.del(Tbl::Sys, &k_session(vol_id, session))?;
+                    continue;
+                };
+                if rec.expires_ns < now_ns {
+                    close_session(w, &mut vol, session)?;
+                    put(w, Tbl::Volumes, &k_u64(vol_id), &vol)?;
+                    ended += 1;
+                }
+            }
+            if ended > 0 {
+                tracing::debug!(sessions = ended, "expired client sessions ended");
+            }
+            Ok(Response::None)
+        }
         Command::Unreferenced { ids } => {
             let mut out = Vec::new();
             for id in ids {
@@ -536,18 +686,22 @@ fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
             return Ok(Response::Purged { remaining: true });
         }
     }
-    let orphans = [b"orphan/".as_slice(), &prefix].concat();
-    let rows = w.scan(
-        Tbl::Sys,
-        Bound::Included(&orphans),
-        &prefix_end(&orphans),
-        budget,
-    )?;
-    for (k, _) in &rows {
-        w.del(Tbl::Sys, k)?;
-    }
-    if rows.len() == budget {
-        return Ok(Response::Purged { remaining: true });
+    // Orphan marks, client sessions and what they hold.
+    for kind in [b"orphan/".as_slice(), b"session/", b"held/"] {
+        let marks = [kind, &prefix].concat();
+        let rows = w.scan(
+            Tbl::Sys,
+            Bound::Included(&marks),
+            &prefix_end(&marks),
+            budget,
+        )?;
+        for (k, _) in &rows {
+            w.del(Tbl::Sys, k)?;
+        }
+        if rows.len() == budget {
+            return Ok(Response::Purged { remaining: true });
+        }
+        budget -= rows.len();
     }
     w.del(Tbl::Deleting, &prefix)?;
     Ok(Response::Purged { remaining: false })
@@ -1159,6 +1313,53 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             expect,
             slices,
         } => compact_chunk(w, vol, ino, chunk, expect, slices),
+        FsOp::SessionOpen {
+            session,
+            ttl_ms,
+            info,
+        } => {
+            let rec = SessionRec {
+                expires_ns: session_expiry(now, ttl_ms),
+                info,
+            };
+            put(w, Tbl::Sys, &k_session(id, session), &rec)?;
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::SessionRenew { session, ttl_ms } => {
+            let Some(mut rec) = get::<SessionRec>(w, Tbl::Sys, &k_session(id, session))? else {
+                return Ok(Err(FsError::NotFound));
+            };
+            rec.expires_ns = session_expiry(now, ttl_ms);
+            put(w, Tbl::Sys, &k_session(id, session), &rec)?;
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::SessionClose { session } => {
+            close_session(w, vol, session)?;
+            Ok(Ok(FsReply::Done))
+        }
+        FsOp::UnlinkHeld {
+            parent,
+            name,
+            session,
+        } => {
+            let held = match lookup(w, id, parent, &name)? {
+                Some(d) if d.kind == FileKind::File => Some(d.ino),
+                _ => None,
+            };
+            let res = unlink(w, vol, parent, &name, true, now)?;
+            if let (Ok(_), Some(ino)) = (&res, held) {
+                // Still there with no link: it became an orphan this session holds.
+                if inode(w, id, ino)?.is_some_and(|r| r.attr.nlink == 0) {
+                    w.put(Tbl::Sys, &k_held(id, session, ino), &[])?;
+                }
+            }
+            Ok(res)
+        }
+        FsOp::Release { ino, session } => {
+            w.del(Tbl::Sys, &k_held(id, session, ino))?;
+            release_orphan(w, vol, ino)?;
+            Ok(Ok(FsReply::Done))
+        }
         other => Ok(Err(FsError::Invalid(format!(
             "{other:?} is not a write operation"
         )))),

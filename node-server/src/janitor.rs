@@ -1,5 +1,5 @@
-//! Leader-only background work: deleting unreferenced blocks from every node, and purging
-//! deleted volumes' metadata in bounded batches.
+//! Leader-only background work: ending expired client sessions, deleting unreferenced
+//! blocks from every node, and purging deleted volumes' metadata in bounded batches.
 
 use crate::fsm;
 use crate::node::Node;
@@ -32,6 +32,23 @@ pub async fn run(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<boo
 }
 
 async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
+    // Client sessions (mounts) whose lease ran out: the orphans they held go.
+    let now = crate::node::now_ns();
+    let expired = {
+        let tx = node.sm.read()?;
+        fsm::expired_sessions(&tx, now, 256)?
+    };
+    if !expired.is_empty() {
+        tracing::info!(
+            sessions = expired.len(),
+            "ending client sessions whose lease expired (their mounts stopped renewing)"
+        );
+        node.write(Command::ExpireSessions {
+            sessions: expired,
+            now_ns: now,
+        })
+        .await?;
+    }
     let (ids, addrs, deleting) = {
         let tx = node.sm.read()?;
         let ids = fsm::gc_batch(&tx, GC_BATCH)?;

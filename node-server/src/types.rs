@@ -87,6 +87,12 @@ pub enum Command {
     Unreferenced {
         ids: Vec<BlockId>,
     },
+    /// Ends the listed client sessions whose lease ran out before `now_ns` (re-checked
+    /// here), dropping the orphans only they held.
+    ExpireSessions {
+        sessions: Vec<(VolumeId, u64)>,
+        now_ns: i64,
+    },
 }
 
 /// A replicated command's result.

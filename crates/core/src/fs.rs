@@ -198,6 +198,39 @@ pub enum FsOp {
         expect: Vec<Slice>,
         slices: Vec<Slice>,
     },
+    /// Registers (or renews) a client session — one mount — that lives `ttl_ms` past
+    /// this command unless renewed. Orphans a session holds are dropped when it closes or
+    /// expires, so a mount that dies does not leak the files it had unlinked while open.
+    /// Idempotent.
+    SessionOpen {
+        session: u64,
+        ttl_ms: u64,
+        /// Who holds it (host, process, mount point), for operators.
+        info: String,
+    },
+    /// Extends a session's lease; [`FsError::NotFound`] when it expired or never existed
+    /// (the client must open a new one: orphans it held may be gone).
+    SessionRenew {
+        session: u64,
+        ttl_ms: u64,
+    },
+    /// Ends a session: drops every orphan no other session holds. Idempotent.
+    SessionClose {
+        session: u64,
+    },
+    /// [`FsOp::UnlinkOpen`] on behalf of `session`: the orphan is held by it until
+    /// [`FsOp::Release`] or the session ends.
+    UnlinkHeld {
+        parent: Ino,
+        name: Vec<u8>,
+        session: u64,
+    },
+    /// `session` closed its last handle of `ino`: drops the orphan once no session holds
+    /// it. A no-op for linked inodes.
+    Release {
+        ino: Ino,
+        session: u64,
+    },
 }
 
 /// How [`FsOp::SetXattr`] treats an existing / missing attribute (setxattr(2) flags).

@@ -26,7 +26,9 @@ use fuser::{
 };
 use ringfs_client::{ClientError, Vol};
 use ringfs_core::compact::COMPACT_THRESHOLD;
-use ringfs_core::fs::{Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR};
+use ringfs_core::fs::{
+    Attr, DirEntry, FileKind, FsError, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR,
+};
 use ringfs_core::slice::CHUNK_SIZE;
 use ringfs_core::Ino;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +69,15 @@ pub fn errno(e: &ClientError) -> Errno {
         | ClientError::Blocks(_)
         | ClientError::Protocol(_)
         | ClientError::StaleLayout(_) => Errno::EIO,
+    }
+}
+
+/// The errno of an operation on an open file whose inode is gone: ESTALE, not ENOENT.
+fn stale(e: Errno) -> Errno {
+    if e == Errno::ENOENT {
+        Errno::ESTALE
+    } else {
+        e
     }
 }
 
@@ -131,6 +142,64 @@ pub struct RingFs {
     clean: Mutex<HashMap<Ino, Version>>,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
+    /// This mount's client session in the state machine: files it unlinks while open
+    /// are held by it, and dropped by the cluster if the mount dies (lease expiry).
+    session: u64,
+    /// Stops the session's renewal task at unmount.
+    stop_renewal: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+}
+
+/// Registers a client session for this mount and keeps renewing its lease until `stop`.
+/// A lease that lapsed anyway (the mount was cut off longer than the TTL) is opened
+/// again; the orphans it held may be gone by then, which is logged.
+fn start_session(
+    vol: &Vol,
+    rt: &Handle,
+    session: u64,
+    ttl: Duration,
+    info: String,
+) -> std::io::Result<tokio::sync::watch::Sender<bool>> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
+    let open = FsOp::SessionOpen {
+        session,
+        ttl_ms,
+        info: info.clone(),
+    };
+    // On a thread of its own: the caller may be running inside the runtime.
+    std::thread::scope(|s| {
+        s.spawn(|| rt.block_on(vol.fs(open.clone())))
+            .join()
+            .map_err(|_| std::io::Error::other("registering the mount's session panicked"))?
+            .map_err(|e| std::io::Error::other(format!("cannot register the mount's session: {e}")))
+    })?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let vol = vol.clone();
+    rt.spawn(async move {
+        let period = Duration::from_millis(ttl_ms / 4);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = rx.changed() => return,
+            }
+            match vol.fs(FsOp::SessionRenew { session, ttl_ms }).await {
+                Ok(_) => {}
+                Err(ClientError::Fs(FsError::NotFound)) => {
+                    tracing::warn!(
+                        session,
+                        "the mount's session lapsed (cut off longer than its TTL); files \
+                         unlinked while open may be gone; registering again"
+                    );
+                    if let Err(e) = vol.fs(open.clone()).await {
+                        tracing::warn!(error = %e, "registering the session failed; will retry");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the mount's session failed; will retry")
+                }
+            }
+        }
+    });
+    Ok(tx)
 }
 
 fn to_time(ns: i64) -> SystemTime {
@@ -196,9 +265,13 @@ fn want_attr(r: FsReply) -> Result<Attr, Errno> {
 }
 
 impl RingFs {
-    pub fn new(vol: Vol, rt: Handle, opts: MountOptions) -> RingFs {
+    /// A file system for `vol`, with a client session registered in the cluster (fails
+    /// when the cluster cannot be reached). `info` names the mount for operators.
+    pub fn new(vol: Vol, rt: Handle, opts: MountOptions, info: String) -> std::io::Result<RingFs> {
         let blocks = Arc::new(io::BlockCache::new(opts.block_cache_bytes));
-        RingFs {
+        let session = rand::random::<u64>().max(1);
+        let stop = start_session(&vol, &rt, session, opts.session_ttl, info)?;
+        Ok(RingFs {
             vol,
             rt,
             opts,
@@ -211,7 +284,9 @@ impl RingFs {
             compacting: Arc::new(Mutex::new(HashSet::new())),
             clean: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
-        }
+            session,
+            stop_renewal: Mutex::new(Some(stop)),
+        })
     }
 
     fn op(&self, op: FsOp) -> Result<FsReply, Errno> {
@@ -243,7 +318,14 @@ impl RingFs {
 
     /// Commits everything buffered for `ino`, positional writes before appends (a
     /// write switches between the two kinds only after flushing the other).
+    /// Commits a file's buffered writes. A file that vanished meanwhile (another mount
+    /// unlinked it while it was open here: only the unlinking mount's own open handles
+    /// keep an unlinked file alive) fails with ESTALE, as on NFS.
     fn flush_state(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
+        self.flush_state_inner(ino, st).map_err(stale)
+    }
+
+    fn flush_state_inner(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
         if !st.dirty.is_empty() || !st.append.is_empty() {
             st.chunks.clear();
         }
@@ -455,6 +537,15 @@ impl fuser::Filesystem for RingFs {
                 tracing::warn!(ino, error = ?e, "unflushed data at unmount");
             }
         }
+        if let Some(stop) = lock(&self.stop_renewal).take() {
+            let _ = stop.send(true);
+        }
+        // Files still open at unmount are closed now: their orphans go with the session.
+        if let Err(e) = self.op(FsOp::SessionClose {
+            session: self.session,
+        }) {
+            tracing::warn!(error = ?e, "ending the mount's session failed; it expires by itself");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -610,7 +701,11 @@ impl fuser::Filesystem for RingFs {
         match open_target {
             Some((_, f)) => {
                 let mut st = lock(&f);
-                match self.op(FsOp::UnlinkOpen { parent, name }) {
+                match self.op(FsOp::UnlinkHeld {
+                    parent,
+                    name,
+                    session: self.session,
+                }) {
                     Ok(_) => {
                         st.orphan = true;
                         reply.ok()
@@ -752,7 +847,7 @@ impl fuser::Filesystem for RingFs {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(ino, offset, size, error = %e, "read failed");
-                return reply.error(errno(&e));
+                return reply.error(stale(errno(&e)));
             }
         };
         if !st.dirty.is_empty() {
@@ -855,7 +950,10 @@ impl fuser::Filesystem for RingFs {
                 }
             };
             if forget {
-                if let Err(e) = self.op(FsOp::Forget { ino }) {
+                if let Err(e) = self.op(FsOp::Release {
+                    ino,
+                    session: self.session,
+                }) {
                     tracing::warn!(ino, error = ?e, "dropping an unlinked file failed");
                 }
             }

@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub max_readahead: u32,
     /// Memory for recently read (immutable, so never stale) blocks.
     pub block_cache_bytes: usize,
+    /// Lease of the mount's client session, renewed every quarter of it. When a mount
+    /// dies, the files it had unlinked while open are dropped this long after.
+    pub session_ttl: Duration,
 }
 
 impl Default for MountOptions {
@@ -46,6 +49,7 @@ impl Default for MountOptions {
             max_write: 1 << 20,
             max_readahead: 1 << 20,
             block_cache_bytes: 64 << 20,
+            session_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -93,6 +97,12 @@ impl Drop for Mount {
     }
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Mounts `vol` on `dir`. FUSE requests run on `opts.threads` threads and call the
 /// cluster through `rt` (which must not be driven by those threads: any multi-threaded
 /// tokio runtime works).
@@ -115,7 +125,13 @@ pub fn mount(vol: Vol, dir: &Path, opts: MountOptions, rt: Handle) -> std::io::R
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = fs::RingFs::new(vol, rt, opts);
+    let info = format!(
+        "host {} pid {} dir {}",
+        hostname(),
+        std::process::id(),
+        dir.display()
+    );
+    let fs = fs::RingFs::new(vol, rt, opts, info)?;
     let notifier = fs.notifier.clone();
     let session = fuser::Session::new(fs, dir, &config)?;
     let _ = notifier.set(session.notifier());

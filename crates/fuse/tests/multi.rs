@@ -259,3 +259,120 @@ fn kill_a_node_during_a_long_write() {
     }
     m.unmount().unwrap();
 }
+
+/// Usage the state machine accounts for the volume: (bytes, inodes).
+fn usage(rt: &tokio::runtime::Runtime, vol: &ringfs_client::Vol) -> Option<(u64, u64)> {
+    match rt.block_on(vol.fs(ringfs_core::fs::FsOp::StatFs)).ok()? {
+        ringfs_core::fs::FsReply::StatFs(s) => Some((s.used_bytes, s.used_inodes)),
+        _ => None,
+    }
+}
+
+fn mounted(dir: &std::path::Path) -> bool {
+    let dir = dir.to_string_lossy().to_string();
+    fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(dir.as_str()))
+}
+
+#[test]
+fn files_unlinked_while_open_by_a_dead_mount_are_dropped_after_its_lease() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("leases", 1 << 30, 3));
+    let dir = c.dir.path().join("dying");
+    fs::create_dir_all(&dir).unwrap();
+    // A real `ringfs mount` process, so that it can be killed -9.
+    let mut child = std::process::Command::new(cli_bin())
+        .arg("--cluster")
+        .arg(c.seeds().join(","))
+        .args(["mount", "leases"])
+        .arg(&dir)
+        .args(["--session-ttl", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start ringfs mount");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !mounted(&dir) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringfs mount did not mount"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "ringfs mount exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = content(7, 3 << 20);
+    fs::write(dir.join("kept"), b"linked").unwrap();
+    fs::write(dir.join("tmp"), &data).unwrap();
+    let (base_bytes, base_inodes) = usage(&rt, &vol).unwrap();
+    let mut held = fs::File::open(dir.join("tmp")).unwrap();
+    fs::remove_file(dir.join("tmp")).unwrap();
+    // Unlinked but open: still readable through the handle, still accounted for.
+    let mut got = Vec::new();
+    held.read_to_end(&mut got).unwrap();
+    assert!(got == data, "the unlinked file's content changed");
+    assert_eq!(usage(&rt, &vol), Some((base_bytes, base_inodes)));
+    assert!(base_bytes >= data.len() as u64);
+    // While the mount lives it renews its lease: the orphan outlives several lease
+    // periods (an observation window, not a wait).
+    let window = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < window {
+        assert_eq!(
+            usage(&rt, &vol),
+            Some((base_bytes, base_inodes)),
+            "the orphan of a live mount was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The mount dies without closing anything.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(held);
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&dir)
+        .status();
+    let start = std::time::Instant::now();
+    wait_until(
+        "the dead mount's orphan dropped",
+        Duration::from_secs(60),
+        || usage(&rt, &vol) == Some((base_bytes - data.len() as u64, base_inodes - 1)),
+    );
+    println!(
+        "orphan of a killed mount dropped {:.1} s after the kill (lease 2 s)",
+        start.elapsed().as_secs_f64()
+    );
+    // The linked file is untouched.
+    assert_eq!(
+        rt.block_on(get_bytes(&vol, "/kept")).unwrap(),
+        b"linked".to_vec()
+    );
+}
+
+#[test]
+fn a_file_unlinked_by_another_mount_reads_as_stale() {
+    if !fuse_available() {
+        eprintln!("skipping: no /dev/fuse or fusermount3");
+        return;
+    }
+    let rt = runtime();
+    let c = rt.block_on(TestCluster::start(3));
+    let vol = rt.block_on(c.volume("stale", 1 << 30, 3));
+    let a = mount(&c, vol.clone(), "a", Default::default(), &rt);
+    let b = mount(&c, vol, "b", Default::default(), &rt);
+    fs::write(a.dir().join("f"), content(3, 100_000)).unwrap();
+    let mut held = fs::File::open(b.dir().join("f")).unwrap();
+    fs::remove_file(a.dir().join("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = held.read(&mut buf).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    println!("read of a file unlinked by another mount: {err}");
+}

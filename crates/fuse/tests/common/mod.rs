@@ -28,6 +28,21 @@ pub fn node_bin() -> PathBuf {
     bin
 }
 
+/// The `ringfs` CLI binary: `$RINGFS_BIN`, else the workspace's target directory (build
+/// it first: `cargo build --workspace`).
+pub fn cli_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGFS_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = node_bin().with_file_name("ringfs");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --workspace` or set RINGFS_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// True when this host can mount FUSE file systems (tests skip otherwise).
 pub fn fuse_available() -> bool {
     Path::new("/dev/fuse").exists()
@@ -63,6 +78,18 @@ fn read_addr_file(dir: &Path) -> Option<(String, String)> {
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
+/// Polls `f` until it holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
