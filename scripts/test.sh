@@ -101,6 +101,9 @@ if grep -q " $DEV_DIR/mnt fuse" /proc/mounts; then
 fi
 echo "dev smoke: 1 passed, 0 failed"
 
+stage "csi-sanity (kubernetes-csi/csi-test v5 against the real ringfs-csi, node processes and FUSE mounts)"
+bash "$ROOT/csi-driver/tests/sanity.sh"
+
 stage "benchmark smoke (bench/run.sh --smoke: every system and workload runs; not a speed test)"
 "$ROOT/bench/run.sh" --smoke
 

@@ -73,12 +73,22 @@ impl Mount {
         }
     }
 
-    /// Waits until the file system is unmounted from outside (`ringfs umount`).
+    /// Waits until the file system is unmounted from outside (`ringfs umount`, a CSI
+    /// unstage).
+    ///
+    /// fuser unmounts by *path* when a session is dropped; after an outside (possibly
+    /// lazy) unmount another file system may already be mounted on that path — the CSI
+    /// driver re-stages the same staging directory at once — and would be unmounted in
+    /// its place. So the finished session is forgotten rather than dropped: there is
+    /// nothing of ours left to unmount, and the process is about to exit.
     pub fn join(mut self) -> std::io::Result<()> {
-        match self.session.take() {
-            Some(s) => s.join(),
-            None => Ok(()),
+        if let Some(s) = self.session.take() {
+            while !s.guard.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            std::mem::forget(s);
         }
+        Ok(())
     }
 
     /// True once the session thread has ended (unmounted from outside).
