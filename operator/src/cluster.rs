@@ -100,6 +100,13 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
     let owner = dc
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
+    // Checked before anything is changed: an invalid spec must not drain or remove a node
+    // it then cannot finish scaling for. The CRD pattern admits sizes that overflow u64
+    // (`20000Pi`), so this is reachable.
+    let cm = match resources::config_map(&dc, &names, &owner) {
+        Ok(cm) => cm,
+        Err(msg) => return write_invalid(&dc, &ctx, &ns, msg).await,
+    };
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let sts = sts_api.get_opt(&names.statefulset()).await?;
     let current = sts
@@ -200,14 +207,6 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
         Step::Steady | Step::WaitDrain { .. } | Step::WaitForCluster { .. } => {}
     }
 
-    let cm = match resources::config_map(&dc, &names, &owner) {
-        Ok(cm) => cm,
-        Err(msg) => {
-            // The schema makes this unreachable for objects the API server admitted;
-            // report it instead of failing forever.
-            return write_invalid(&dc, &ctx, &ns, msg).await;
-        }
-    };
     ctx.apply(&ns, &cm).await?;
     ctx.apply(&ns, &resources::headless_service(&names, &owner))
         .await?;
