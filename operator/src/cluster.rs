@@ -213,8 +213,55 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
     ctx.apply(&ns, &resources::client_service(&names, &owner))
         .await?;
     ctx.apply(&ns, &resources::pdb(&names, &owner)).await?;
-    ctx.apply(&ns, &resources::statefulset(&dc, &names, &owner, target))
-        .await?;
+    // Rolling update of a changed pod template (image, resources, ...): one node at a
+    // time, each only once every node is ready and every partition is at RF.
+    let revisions = sts_status
+        .as_ref()
+        .and_then(|s| Some((s.current_revision.clone()?, s.update_revision.clone()?)));
+    let outdated = match &revisions {
+        Some((current, update)) if current != update => {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(ctx.client.clone(), &ns);
+            let lp = ListParams::default().labels(&names.selector_string());
+            let mut old = Vec::new();
+            for p in pods.list(&lp).await?.items {
+                let rev = p.labels().get("controller-revision-hash").cloned();
+                let ord = p
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.rsplit('-').next())
+                    .and_then(|o| o.parse::<i32>().ok());
+                if let (Some(o), true) = (ord, rev.as_ref() != Some(update)) {
+                    old.push(o);
+                }
+            }
+            Some(old)
+        }
+        _ => None,
+    };
+    let healthy = rebalance
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .is_some_and(|r| r.healthy);
+    let current_partition = sts
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition);
+    let partition = rollout_partition(
+        target,
+        current_partition,
+        outdated.as_deref(),
+        ready >= pods && pods >= target,
+        healthy,
+    );
+    ctx.apply(
+        &ns,
+        &resources::statefulset(&dc, &names, &owner, target, partition),
+    )
+    .await?;
 
     let state = state.ok();
     let members = state.as_ref().map(|s| s.members.len()).unwrap_or(0);
@@ -243,6 +290,10 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
         rebalance: rebalance.as_ref(),
         pod_name: format!("{name}-0"),
         selector: names.selector_string(),
+        rollout: outdated.as_ref().map(|old| {
+            let total = pods.max(target);
+            (total - i32::try_from(old.len()).unwrap_or(total), total)
+        }),
     });
     let busy = conditions
         .iter()
@@ -322,6 +373,35 @@ pub struct Observed<'a> {
     pub rebalance: Option<&'a Result<Rebalance, AdminError>>,
     pub pod_name: String,
     pub selector: String,
+    /// A pod template change being rolled out: (pods updated, pods).
+    pub rollout: Option<(i32, i32)>,
+}
+
+/// The StatefulSet's update partition: pods with an ordinal at or above it take a new pod
+/// template. Without a rollout, it stays at `target` so that a template change updates no
+/// pod by itself. During a rollout (`outdated`: ordinals of pods still on the old
+/// template), it moves down to the highest outdated ordinal — letting exactly one more pod
+/// update — only when every pod is ready and the cluster is healthy (one layout version,
+/// every partition at RF); otherwise it stays where it is.
+pub fn rollout_partition(
+    target: i32,
+    current: Option<i32>,
+    outdated: Option<&[i32]>,
+    all_ready: bool,
+    healthy: bool,
+) -> i32 {
+    match outdated {
+        None | Some([]) => target,
+        Some(old) => {
+            let next = old.iter().copied().max().unwrap_or(0);
+            let held = current.unwrap_or(target);
+            if all_ready && healthy {
+                next.min(held)
+            } else {
+                held
+            }
+        }
+    }
 }
 
 pub fn conditions(o: &Observed) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
@@ -417,6 +497,18 @@ pub fn conditions(o: &Observed) -> Vec<k8s_openapi::apimachinery::pkg::apis::met
             "WaitingForCluster",
             format!("cannot reach the cluster to drain node {node}; waiting for a leader"),
         ),
+        (Step::Steady, _) if o.rollout.is_some() => {
+            let (updated, total) = o.rollout.unwrap_or((0, o.target));
+            cond(
+                PROGRESSING,
+                true,
+                "RollingUpdate",
+                format!(
+                    "updating the nodes to the new pod template one at a time, each once the \
+                     cluster is healthy (every partition at RF): {updated}/{total} updated"
+                ),
+            )
+        }
         (Step::Steady, _) if o.ready < o.target || o.members < o.target => cond(
             PROGRESSING,
             true,
@@ -589,6 +681,26 @@ mod tests {
     }
 
     #[test]
+    fn rolling_update_moves_one_pod_at_a_time_and_only_when_healthy() {
+        // No rollout: hold every pod.
+        assert_eq!(rollout_partition(3, Some(0), None, true, true), 3);
+        assert_eq!(rollout_partition(3, Some(2), Some(&[]), true, true), 3);
+        // Template changed, all three pods old: the highest ordinal goes first.
+        assert_eq!(
+            rollout_partition(3, Some(3), Some(&[0, 1, 2]), true, true),
+            2
+        );
+        // Pod 2 updating (not ready) or data moving: hold.
+        assert_eq!(rollout_partition(3, Some(2), Some(&[0, 1]), false, true), 2);
+        assert_eq!(rollout_partition(3, Some(2), Some(&[0, 1]), true, false), 2);
+        // Healthy again: next one.
+        assert_eq!(rollout_partition(3, Some(2), Some(&[0, 1]), true, true), 1);
+        assert_eq!(rollout_partition(3, Some(1), Some(&[0]), true, true), 0);
+        // Never moves up during a rollout (a pod already allowed stays allowed).
+        assert_eq!(rollout_partition(3, Some(0), Some(&[2]), true, true), 0);
+    }
+
+    #[test]
     fn refused_scale_down_condition_says_what_to_do() {
         let step = Step::Refused {
             requested: 1,
@@ -606,6 +718,7 @@ mod tests {
             rebalance: None,
             pod_name: "c-0".into(),
             selector: "a=b".into(),
+            rollout: None,
         });
         let p = c.iter().find(|c| c.type_ == PROGRESSING).unwrap();
         assert_eq!(p.reason, "ScaleDownRefused");

@@ -2,7 +2,8 @@
 //! are unit-tested without an API server and applied with server-side apply.
 
 use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
@@ -241,11 +242,15 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The StatefulSet of the nodes. `partition`: pods with a lower ordinal keep the old pod
+/// template when it changes (see [`crate::cluster::rollout_partition`]: the operator
+/// lets one pod update at a time, and only while the cluster is healthy).
 pub fn statefulset(
     dc: &DfsCluster,
     names: &Names,
     owner: &OwnerReference,
     replicas: i32,
+    partition: i32,
 ) -> StatefulSet {
     let labels = names.labels();
     let storage = &dc.spec.storage;
@@ -357,6 +362,13 @@ pub fn statefulset(
             service_name: Some(names.headless()),
             // Nodes join through ordinal 0 with retries, so they may start together.
             pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(partition),
+                    max_unavailable: None,
+                }),
+            }),
             selector: LabelSelector {
                 match_labels: Some(names.selector_labels()),
                 ..Default::default()
@@ -434,7 +446,7 @@ mod tests {
         let dc = cluster();
         let n = Names::new("c1", "ns");
         let owner = OwnerReference::default();
-        let sts = statefulset(&dc, &n, &owner, 4);
+        let sts = statefulset(&dc, &n, &owner, 4, 4);
         let spec = sts.spec.unwrap();
         assert_eq!(spec.replicas, Some(4));
         assert_eq!(spec.service_name.as_deref(), Some("c1-nodes"));

@@ -6,12 +6,18 @@
 //! PersistentVolumes of its own StorageClass name for the node claims.
 
 use anyhow::{ensure, Context, Result};
-use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, ValidationDirective};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{
+    DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
 use kube::core::ApiResource;
 use kube::{Api, Client};
 use ringfs_api::{DfsCluster, DfsVolume};
-use ringfs_e2e::{helm_binary, in_namespace, poll, random_suffix, ringfs_image, TestNamespace};
+use ringfs_e2e::{
+    helm_binary, in_namespace, pod_phase, poll, random_suffix, ringfs_image, TestNamespace,
+};
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -116,6 +122,55 @@ async fn apply_json(api: &Api<DynamicObject>, obj: &Value) -> Result<(), String>
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Runs `script` with busybox sh in a pod of the ringfs image (which has the `ringfs`
+/// CLI) and returns its output; fails with the output when the script fails.
+async fn run_pod(ns: &TestNamespace, name: &str, script: &str) -> Result<String> {
+    let pods: Api<Pod> = ns.api();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "c", "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", script],
+            }],
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {name}"))?;
+    let phase = poll(&format!("pod {name} finished"), || async {
+        let p = pods.get(name).await?;
+        Ok(match pod_phase(Some(&p)) {
+            Some(ph @ ("Succeeded" | "Failed")) => Some(ph.to_string()),
+            _ => None,
+        })
+    })
+    .await?;
+    let logs = pods.logs(name, &LogParams::default()).await?;
+    ensure!(phase == "Succeeded", "pod {name} failed: {logs}");
+    Ok(logs)
+}
+
+/// The first 64-hex-digit word of `logs` (a sha256sum line).
+fn sha256_in(logs: &str) -> Option<String> {
+    logs.split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// Reads `data:/f` back through the cluster's client Service and returns its sha256.
+async fn read_back(ns: &TestNamespace, pod: &str) -> Result<String> {
+    let logs = run_pod(
+        ns,
+        pod,
+        "ringfs --cluster c:7420 get data:/f /tmp/g && sha256sum /tmp/g",
+    )
+    .await?;
+    sha256_in(&logs).with_context(|| format!("no checksum in: {logs}"))
 }
 
 fn condition(dc: &DfsCluster, type_: &str) -> Option<(String, String, String)> {
@@ -253,6 +308,20 @@ async fn operator_cluster_lifecycle() -> Result<()> {
             })
             .await?;
 
+            // Data written before any scaling, checked after each step.
+            let logs = run_pod(
+                &ns,
+                "writer",
+                "head -c 6000000 /dev/urandom > /tmp/f && sha256sum /tmp/f && \
+                 ringfs --cluster c:7420 put /tmp/f data:/f",
+            )
+            .await?;
+            let want = sha256_in(&logs).with_context(|| format!("no checksum in: {logs}"))?;
+            ensure!(
+                read_back(&ns, "reader-0").await? == want,
+                "data differs after write"
+            );
+
             // Below RF: refused, the StatefulSet keeps 3 pods.
             clusters
                 .patch(
@@ -275,32 +344,172 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                 "members changed"
             );
 
-            // 3 -> 4 -> 3 (needs Drain/Remove/RebalanceStatus on the nodes).
+            // 3 -> 4 through the scale subresource (what `kubectl scale` uses): the new
+            // node joins, the layout changes and the data moves (Rebalancing), then
+            // Available again.
+            let before = clusters.get("c").await?;
+            let layout_before = before.status.as_ref().and_then(|s| s.layout_version);
+            ensure!(
+                condition(&before, "Available").is_some_and(|c| c.0 == "True"),
+                "not Available before scaling: {:?}",
+                before.status
+            );
             clusters
-                .patch(
+                .patch_scale(
                     "c",
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"replicas": 4}})),
                 )
                 .await?;
-            wait_cluster(&clusters, "c", "4 members", |dc| {
-                dc.status.as_ref().is_some_and(|s| s.members == 4)
-                    && condition(dc, "Available").is_some_and(|c| c.0 == "True")
+            let saw = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let dc = poll("4 members, rebalanced and Available", || {
+                let seen = saw.clone();
+                let clusters = clusters.clone();
+                async move {
+                    let dc = clusters.get("c").await?;
+                    if condition(&dc, "Rebalancing").is_some_and(|c| c.0 == "True")
+                        || dc
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.rebalance.as_ref())
+                            .is_some_and(|r| r.active)
+                    {
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let done = dc.status.as_ref().is_some_and(|s| s.members == 4)
+                        && condition(&dc, "Available").is_some_and(|c| c.0 == "True")
+                        && condition(&dc, "Rebalancing").is_some_and(|c| c.0 == "False");
+                    Ok(done.then_some(dc))
+                }
             })
             .await?;
+            let layout_after = dc.status.as_ref().and_then(|s| s.layout_version);
+            ensure!(
+                layout_after > layout_before,
+                "the layout did not change on scale-up: {layout_before:?} -> {layout_after:?}"
+            );
+            eprintln!(
+                "scaled to 4: layout {layout_before:?} -> {layout_after:?}, Rebalancing \
+                 observed while moving: {}",
+                saw.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            ensure!(
+                read_back(&ns, "reader-1").await? == want,
+                "data differs after 3 -> 4"
+            );
+
+            // 4 -> 3: the highest ordinal is drained, then removed and the StatefulSet
+            // shrunk. The operator pod is deleted mid-way: its successor finishes.
             clusters
-                .patch(
+                .patch_scale(
                     "c",
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"replicas": 3}})),
                 )
                 .await?;
+            let operators: Api<Pod> = ns.api();
+            let lp = ListParams::default().labels("app.kubernetes.io/component=operator");
+            let old: Vec<String> = operators
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            ensure!(!old.is_empty(), "no operator pod found");
+            for p in &old {
+                operators.delete(p, &DeleteParams::default()).await?;
+            }
+            eprintln!("deleted operator pod(s) {old:?} during the scale-down");
             wait_cluster(&clusters, "c", "back to 3 members and 3 pods", |dc| {
                 dc.status
                     .as_ref()
                     .is_some_and(|s| s.members == 3 && s.replicas == 3)
+                    && condition(dc, "Available").is_some_and(|c| c.0 == "True")
             })
             .await?;
+            let successors = operators.list(&lp).await?.items;
+            ensure!(
+                successors.iter().any(|p| p
+                    .metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| !old.contains(n))),
+                "no new operator pod finished the scale-down"
+            );
+            ensure!(
+                read_back(&ns, "reader-2").await? == want,
+                "data differs after 4 -> 3"
+            );
+
+            // A pod template change (here: resources) rolls out one node at a time.
+            clusters
+                .patch(
+                    "c",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"resources": {"requests": {"cpu": "10m"}}}})),
+                )
+                .await?;
+            let sets: Api<StatefulSet> = ns.api();
+            let nodes: Api<Pod> = ns.api();
+            let selector = sets
+                .get("c")
+                .await?
+                .spec
+                .and_then(|s| s.selector.match_labels)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .context("StatefulSet c has no selector")?;
+            let max_down = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let saw_rolling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            poll(
+                "rolling update done: 3 pods on the new template, Available",
+                || {
+                    let (sets, nodes, clusters) = (sets.clone(), nodes.clone(), clusters.clone());
+                    let (max_down, saw_rolling, selector) =
+                        (max_down.clone(), saw_rolling.clone(), selector.clone());
+                    async move {
+                        let pods = nodes.list(&ListParams::default().labels(&selector)).await?;
+                        let down = pods
+                            .items
+                            .iter()
+                            .filter(|p| !ringfs_e2e::pod_ready(Some(p)))
+                            .count();
+                        max_down.fetch_max(down, std::sync::atomic::Ordering::Relaxed);
+                        let dc = clusters.get("c").await?;
+                        if condition(&dc, "Progressing").is_some_and(|c| c.1 == "RollingUpdate") {
+                            saw_rolling.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let st = sets
+                            .get("c")
+                            .await?
+                            .status
+                            .context("no StatefulSet status")?;
+                        let done = st.current_revision.is_some()
+                            && st.current_revision == st.update_revision
+                            && st.updated_replicas == Some(3)
+                            && st.ready_replicas == Some(3)
+                            && condition(&dc, "Available").is_some_and(|c| c.0 == "True");
+                        Ok(done.then_some(()))
+                    }
+                },
+            )
+            .await?;
+            let max_down = max_down.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "rolling update: at most {max_down} node pod(s) not ready at a time; \
+                 RollingUpdate condition seen: {}",
+                saw_rolling.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            ensure!(max_down <= 1, "{max_down} node pods were down at once");
+            ensure!(
+                read_back(&ns, "reader-3").await? == want,
+                "data differs after the rolling update"
+            );
             let v = typed.get("data").await?;
             ensure!(
                 v.status.as_ref().and_then(|s| s.capacity_bytes) == Some(128 << 20),
