@@ -72,7 +72,7 @@ pub fn default_dev_dir() -> PathBuf {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    ringfs_telemetry::init("warn");
+    let _telemetry = ringfs_telemetry::init_with_service("warn", "ringfs");
     let result = match cli.cmd {
         Cmd::Dev(cmd) => dev::run(cmd).await,
         Cmd::Mount(a) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = ringfs_csi::Config::parse();
-    ringfs_telemetry::init("info");
+    let _telemetry = ringfs_telemetry::init_with_service("info", "ringfs-csi");
     match ringfs_csi::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

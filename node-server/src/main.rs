@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
             }
         },
     };
-    ringfs_telemetry::init("info,openraft=warn");
+    let _telemetry = ringfs_telemetry::init_with_service("info,openraft=warn", "ringfs-node");
     match ringfs_node::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,6 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ringfs_telemetry::init("info,kube=warn");
+    let _telemetry = ringfs_telemetry::init_with_service("info,kube=warn", "ringfs-operator");
     ringfs_operator::run::run(ringfs_operator::run::Config::parse()).await
 }
