@@ -201,6 +201,7 @@ impl AdminService for AdminServer {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             nodes,
             layout_version: layout.as_ref().map(|l| l.version).unwrap_or(0),
             partitions: layout.as_ref().map(|l| l.partitions).unwrap_or(0),

@@ -377,22 +377,37 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     let vol = c.volume("data", 1 << 30, 3).await;
     let leader = c.leader().await;
     let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let follower_had = c
+        .client()
+        .node_status(&c.node(follower).addr.clone())
+        .await
+        .expect("follower status")
+        .last_applied;
     c.kill(follower);
     for i in 0..300 {
         vol.mkdir(&format!("/d{i}"), 0o755).await.expect("mkdir");
     }
-    let target = c.client().status().await.expect("status").last_applied;
-    // The leader must have snapshotted (and so purged the log the follower lacks) at least
-    // twice before the follower comes back, or it could catch up from the log alone.
-    let leader_log = c.node(leader).data_dir.join("node.log");
-    wait_for("leader snapshots", Duration::from_secs(60), || {
-        let leader_log = leader_log.clone();
+    // The leader must have purged the log entries the follower lacks before it comes
+    // back, or it could catch up from the log alone. (The leader postpones a purge while
+    // a replication stream still has those entries in flight, so keep it busy until
+    // the purge happened.)
+    let leader_addr = c.node(leader).addr.clone();
+    let client = c.client();
+    let mut extra = 0;
+    wait_for("leader purged the log the follower lacks", Duration::from_secs(60), || {
+        extra += 1;
+        let (client, leader_addr, vol) = (client.clone(), leader_addr.clone(), vol.clone());
         async move {
-            let log = std::fs::read_to_string(&leader_log).ok()?;
-            (log.matches("built snapshot").count() >= 2).then_some(())
+            let s = client.node_status(&leader_addr).await.ok()?;
+            if s.last_purged_index > follower_had + 1 {
+                return Some(());
+            }
+            vol.mkdir(&format!("/extra{extra}"), 0o755).await.ok()?;
+            None
         }
     })
     .await;
+    let target = c.client().status().await.expect("status").last_applied;
     c.restart(follower);
     let addr = c.node(follower).addr.clone();
     let client = c.client();
