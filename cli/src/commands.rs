@@ -4,7 +4,7 @@ use crate::Command;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringfs_client::{Cluster, Vol};
+use ringfs_client::{ClientError, Cluster, Vol, VolumeSource};
 use ringfs_core::fs::FileKind;
 use ringfs_core::units::{format_size, parse_size};
 use ringfs_proto::admin::RebalanceStatusReply;
@@ -57,15 +57,21 @@ pub enum RebalanceCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {
-    /// Create a volume (idempotent when the settings match).
+    /// Create a volume (idempotent when the settings match), empty or as a clone.
     Create {
         name: String,
-        /// Capacity quota, e.g. 10GiB.
-        #[arg(long, short)]
-        size: String,
-        /// Replicas of every block (default: 3, or fewer on a smaller cluster).
+        /// Capacity quota, e.g. 10GiB (with --from: default the source's capacity).
+        #[arg(long, short, required_unless_present = "from")]
+        size: Option<String>,
+        /// Replicas of every block (default: 3, or fewer on a smaller cluster; a clone
+        /// keeps its source's).
         #[arg(long, short, default_value_t = 0)]
         replication: u32,
+        /// Start as a copy-on-write clone of this snapshot or volume (blocks are shared,
+        /// nothing is copied; later writes on either side stay on that side). Write
+        /// `snapshot:NAME` or `volume:NAME` when a snapshot and a volume share the name.
+        #[arg(long, value_name = "SNAPSHOT_OR_VOLUME")]
+        from: Option<String>,
     },
     /// List volumes.
     Ls,
@@ -76,6 +82,17 @@ pub enum VolumeCmd {
         size: String,
     },
     /// Delete a volume and all its data (idempotent).
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Take a snapshot of a volume: a read-only, point-in-time copy of its whole
+    /// namespace that shares its blocks (idempotent for the same volume).
+    Create { volume: String, name: String },
+    /// List snapshots (of one volume, when given).
+    Ls { volume: Option<String> },
+    /// Delete a snapshot; blocks only it references are freed (idempotent).
     Rm { name: String },
 }
 
@@ -96,6 +113,14 @@ fn split_remote(s: &str) -> Result<(&str, &str)> {
         Some((v, p)) if !v.is_empty() => Ok((v, if p.is_empty() { "/" } else { p })),
         _ => bail!("{s:?} is not a volume path; write it as VOLUME:/path, e.g. data:/logs/a.txt"),
     }
+}
+
+/// Opens `VOLUME`, or `@SNAPSHOT` read-only.
+async fn open_vol(cluster: &Arc<Cluster>, name: &str) -> Result<Vol> {
+    Ok(match name.strip_prefix('@') {
+        Some(snap) => Vol::open_snapshot(cluster.clone(), snap).await?,
+        None => Vol::open(cluster.clone(), name).await?,
+    })
 }
 
 fn size_arg(s: &str) -> Result<u64> {
@@ -148,9 +173,10 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
             rebalance_status(&cluster, watch, interval, json).await
         }
         Command::Volume(v) => volume(&cluster, v, json).await,
+        Command::Snapshot(s) => snapshot(&cluster, s, json).await,
         Command::Put { src, dst } => {
             let (vname, path) = split_remote(&dst)?;
-            let vol = Vol::open(cluster.clone(), vname).await?;
+            let vol = open_vol(&cluster, vname).await?;
             let (reader, len): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) =
                 if src == "-" {
                     (Box::new(tokio::io::stdin()), None)
@@ -177,7 +203,7 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
         }
         Command::Get { src, dst } => {
             let (vname, path) = split_remote(&src)?;
-            let vol = Vol::open(cluster.clone(), vname).await?;
+            let vol = open_vol(&cluster, vname).await?;
             let size = vol.stat(path).await?.size;
             let pb = progress_bar(Some(size));
             if dst == "-" {
@@ -204,7 +230,7 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
         }
         Command::Ls { path } => {
             let (vname, path) = split_remote(&path)?;
-            let vol = Vol::open(cluster.clone(), vname).await?;
+            let vol = open_vol(&cluster, vname).await?;
             let entries = vol.list(path).await?;
             if json {
                 let v: Vec<_> = entries
@@ -239,7 +265,7 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
         }
         Command::Mkdir { path, parents } => {
             let (vname, path) = split_remote(&path)?;
-            let vol = Vol::open(cluster.clone(), vname).await?;
+            let vol = open_vol(&cluster, vname).await?;
             if parents {
                 vol.mkdir_p(path).await?;
             } else {
@@ -249,7 +275,7 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
         }
         Command::Rm { path, recursive } => {
             let (vname, path) = split_remote(&path)?;
-            let vol = Vol::open(cluster.clone(), vname).await?;
+            let vol = open_vol(&cluster, vname).await?;
             if recursive {
                 vol.remove_all(path).await?;
             } else {
@@ -413,16 +439,38 @@ async fn volume(cluster: &Arc<Cluster>, cmd: VolumeCmd, json: bool) -> Result<()
             name,
             size,
             replication,
+            from,
         } => {
-            let (v, created) = cluster
-                .create_volume(&name, size_arg(&size)?, replication)
-                .await?;
+            let (v, created) = match from {
+                None => {
+                    let size = size.context("--size is required")?;
+                    cluster
+                        .create_volume(&name, size_arg(&size)?, replication)
+                        .await?
+                }
+                Some(from) => {
+                    let (source, default_size) = resolve_source(cluster, &from).await?;
+                    let size = match size {
+                        Some(s) => size_arg(&s)?,
+                        None => default_size,
+                    };
+                    cluster
+                        .clone_volume(&name, size, replication, &source)
+                        .await?
+                }
+            };
+            let origin = origin_text(&v);
             if created {
                 println!(
-                    "created volume {} ({}, replication {})",
+                    "created volume {} ({}, replication {}{})",
                     v.name,
                     format_size(v.capacity_bytes),
-                    v.replication
+                    v.replication,
+                    if origin.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", clone of {origin}")
+                    }
                 );
             } else {
                 println!("volume {} already exists with these settings", v.name);
@@ -433,23 +481,24 @@ async fn volume(cluster: &Arc<Cluster>, cmd: VolumeCmd, json: bool) -> Result<()
             if json {
                 let v: Vec<_> = vols
                     .iter()
-                    .map(|v| serde_json::json!({"name": v.name, "id": v.id, "capacity_bytes": v.capacity_bytes, "used_bytes": v.used_bytes, "replication": v.replication, "inodes": v.used_inodes}))
+                    .map(|v| serde_json::json!({"name": v.name, "id": v.id, "capacity_bytes": v.capacity_bytes, "used_bytes": v.used_bytes, "replication": v.replication, "inodes": v.used_inodes, "source_snapshot": v.source_snapshot, "source_volume": v.source_volume}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             println!(
-                "{:<24} {:>12} {:>12} {:>4} {:>8}",
+                "{:<24} {:>12} {:>12} {:>4} {:>8}  SOURCE",
                 "NAME", "CAPACITY", "USED", "RF", "INODES"
             );
             for v in vols {
                 println!(
-                    "{:<24} {:>12} {:>12} {:>4} {:>8}",
+                    "{:<24} {:>12} {:>12} {:>4} {:>8}  {}",
                     v.name,
                     format_size(v.capacity_bytes),
                     format_size(v.used_bytes),
                     v.replication,
-                    v.used_inodes
+                    v.used_inodes,
+                    origin_text(&v)
                 );
             }
         }
@@ -466,6 +515,117 @@ async fn volume(cluster: &Arc<Cluster>, cmd: VolumeCmd, json: bool) -> Result<()
                 println!("deleted volume {name}");
             } else {
                 println!("volume {name} does not exist (nothing to do)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "snapshot NAME" / "volume NAME" for a clone, "" otherwise.
+fn origin_text(v: &ringfs_proto::meta::Volume) -> String {
+    if !v.source_snapshot.is_empty() {
+        format!("snapshot {}", v.source_snapshot)
+    } else if !v.source_volume.is_empty() {
+        format!("volume {}", v.source_volume)
+    } else {
+        String::new()
+    }
+}
+
+fn not_found(e: &ClientError) -> bool {
+    e.code() == Some(tonic::Code::NotFound)
+}
+
+/// What `--from` names, and the capacity a clone of it gets unless told: a snapshot's
+/// source capacity, a volume's capacity.
+async fn resolve_source(cluster: &Arc<Cluster>, from: &str) -> Result<(VolumeSource, u64)> {
+    let snapshot = |name: String| async move {
+        match cluster.snapshot(&name).await {
+            Ok(s) => Ok(Some((
+                VolumeSource::Snapshot(s.name),
+                s.source_capacity_bytes.max(s.size_bytes),
+            ))),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
+    };
+    let volume = |name: String| async move {
+        match cluster.volume(&name).await {
+            Ok(v) => Ok(Some((VolumeSource::Volume(v.name), v.capacity_bytes))),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
+    };
+    if let Some(n) = from.strip_prefix("snapshot:") {
+        return snapshot(n.to_string()).await?.with_context(|| {
+            format!("snapshot {n:?} does not exist; `ringfs snapshot ls` lists snapshots")
+        });
+    }
+    if let Some(n) = from.strip_prefix("volume:") {
+        return volume(n.to_string()).await?.with_context(|| {
+            format!("volume {n:?} does not exist; `ringfs volume ls` lists volumes")
+        });
+    }
+    match (snapshot(from.to_string()).await?, volume(from.to_string()).await?) {
+        (Some(_), Some(_)) => bail!(
+            "{from:?} names both a snapshot and a volume; write --from snapshot:{from} or --from volume:{from}"
+        ),
+        (Some(s), None) | (None, Some(s)) => Ok(s),
+        (None, None) => bail!(
+            "no snapshot or volume is named {from:?}; `ringfs snapshot ls` and `ringfs volume ls` list them"
+        ),
+    }
+}
+
+async fn snapshot(cluster: &Arc<Cluster>, cmd: SnapshotCmd, json: bool) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { volume, name } => {
+            let (s, created) = cluster.create_snapshot(&name, &volume).await?;
+            if created {
+                println!(
+                    "snapshot {} of volume {} taken ({} in {} inodes)",
+                    s.name,
+                    s.source_volume,
+                    format_size(s.size_bytes),
+                    s.used_inodes
+                );
+            } else {
+                println!(
+                    "snapshot {} of volume {} already exists",
+                    s.name, s.source_volume
+                );
+            }
+        }
+        SnapshotCmd::Ls { volume } => {
+            let snaps = cluster.list_snapshots(volume.as_deref()).await?;
+            if json {
+                let v: Vec<_> = snaps
+                    .iter()
+                    .map(|s| serde_json::json!({"name": s.name, "id": s.id, "source_volume": s.source_volume, "size_bytes": s.size_bytes, "inodes": s.used_inodes, "replication": s.replication, "created_unix_nanos": s.created_unix_nanos}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<24} {:>12} {:>8}  CREATED (unix)",
+                "NAME", "VOLUME", "SIZE", "INODES"
+            );
+            for s in snaps {
+                println!(
+                    "{:<24} {:<24} {:>12} {:>8}  {}",
+                    s.name,
+                    s.source_volume,
+                    format_size(s.size_bytes),
+                    s.used_inodes,
+                    s.created_unix_nanos / 1_000_000_000
+                );
+            }
+        }
+        SnapshotCmd::Rm { name } => {
+            if cluster.delete_snapshot(&name).await? {
+                println!("deleted snapshot {name}");
+            } else {
+                println!("snapshot {name} does not exist (nothing to do)");
             }
         }
     }

@@ -37,14 +37,18 @@ pub(crate) enum Cmd {
     /// Data movement between nodes (after joins, drains and failures).
     #[command(subcommand)]
     Rebalance(commands::RebalanceCmd),
-    /// Create, list, resize and delete volumes.
+    /// Create, list, resize and delete volumes (`volume create --from` clones).
     #[command(subcommand)]
     Volume(commands::VolumeCmd),
+    /// Take, list and delete read-only, copy-on-write snapshots of volumes.
+    #[command(subcommand)]
+    Snapshot(commands::SnapshotCmd),
     /// Copy a local file (or - for stdin) into a volume: `ringfs put ./f vol:/dir/f`.
     Put { src: String, dst: String },
     /// Copy a file out of a volume (to a path, or - for stdout): `ringfs get vol:/f ./f`.
+    /// `@SNAPSHOT:/path` reads from a snapshot.
     Get { src: String, dst: String },
-    /// List a directory: `ringfs ls vol:/dir`.
+    /// List a directory: `ringfs ls vol:/dir` (`@SNAPSHOT:/dir` lists a snapshot's).
     Ls { path: String },
     /// Make a directory: `ringfs mkdir -p vol:/a/b`.
     Mkdir {

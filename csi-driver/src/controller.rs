@@ -1,6 +1,12 @@
-//! The CSI Controller service: volume lifecycle on a [`VolumeBackend`].
+//! The CSI Controller service: volume and snapshot lifecycle on a [`VolumeBackend`].
+//!
+//! Snapshots are ringfs snapshots (copy-on-write: a consistent copy of the volume's
+//! metadata that shares its blocks), ready as soon as CreateSnapshot returns. A volume
+//! created from a snapshot or another volume is a ringfs clone: writable, independent of
+//! its source, sharing the source's blocks until either side rewrites them. Snapshot ids
+//! are ringfs snapshot names, derived from CSI names like volume ids.
 
-use crate::backend::{VolumeBackend, VolumeInfo};
+use crate::backend::{ContentSource, SnapshotInfo, VolumeBackend, VolumeInfo};
 use crate::caps;
 use crate::error::{CsiError, Result};
 use crate::names::{page_token, parse_page_token, volume_id_for};
@@ -62,16 +68,191 @@ impl ControllerService {
         }
         Ok(out)
     }
+
+    /// CreateVolume with a content source: a clone of a snapshot or a volume. The new
+    /// volume must be at least as large as the source (a snapshot's size is the data it
+    /// holds; a volume's is its capacity) and keeps the source's replication, because
+    /// it shares the source's blocks.
+    async fn create_clone(
+        &self,
+        id: &str,
+        wanted: (u64, u64),
+        params: Params,
+        source: ContentSource,
+    ) -> Result<VolumeInfo> {
+        // (least size, size when none is asked for, replication)
+        let (min, default, rf) = match &source {
+            ContentSource::Snapshot(s) => {
+                let snap = match valid_id(s) {
+                    true => self.backend.get_snapshot(s).await?,
+                    false => None,
+                };
+                let snap = snap.ok_or_else(|| {
+                    CsiError::NotFound(format!("source snapshot {s:?} does not exist"))
+                })?;
+                (
+                    snap.size,
+                    snap.source_capacity.max(snap.size),
+                    snap.replication,
+                )
+            }
+            ContentSource::Volume(v) => {
+                let vol = match valid_id(v) {
+                    true => self.backend.get(v).await?,
+                    false => None,
+                };
+                let vol = vol.ok_or_else(|| {
+                    CsiError::NotFound(format!("source volume {v:?} does not exist"))
+                })?;
+                (vol.capacity, vol.capacity, vol.replication)
+            }
+        };
+        if params.replication != 0 && params.replication != rf {
+            return Err(CsiError::InvalidArgument(format!(
+                "parameter {PARAM_REPLICATION}={} does not match the source's replication {rf}; \
+                 a clone shares its source's blocks and keeps its replication",
+                params.replication
+            )));
+        }
+        let size = match wanted {
+            (0, 0) => default,
+            (0, lim) => default.min(lim),
+            (req, _) => req,
+        };
+        if size < min {
+            return Err(CsiError::OutOfRange(format!(
+                "requested capacity {size} bytes is smaller than the source ({}: {min} bytes); \
+                 ask for at least {min} bytes",
+                describe(Some(&source))
+            )));
+        }
+        let cap = self.backend.capacity(rf).await?;
+        if size > cap.max_volume {
+            return Err(CsiError::OutOfRange(format!(
+                "requested capacity {size} bytes exceeds the largest possible volume, {} bytes \
+                 (cluster capacity divided by replication); ask for less or add nodes",
+                cap.max_volume
+            )));
+        }
+        let v = self
+            .backend
+            .clone_volume(id, size, params.replication, &source)
+            .await?;
+        tracing::info!(volume = %id, capacity = v.capacity, source = ?source, "volume cloned");
+        Ok(v)
+    }
+
+    /// Snapshot parameters (VolumeSnapshotClass): ringfs takes none; the sidecar's own
+    /// (`csi.storage.k8s.io/...`) are ignored.
+    fn snapshot_params(p: &HashMap<String, String>) -> Result<()> {
+        match p.keys().find(|k| !k.starts_with(K8S_PARAM_PREFIX)) {
+            Some(k) => Err(CsiError::InvalidArgument(format!(
+                "unknown snapshot parameter {k:?}: ringfs snapshots take no parameters"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 fn csi_volume(v: &VolumeInfo) -> Volume {
+    use volume_content_source::{SnapshotSource, Type, VolumeSource};
     Volume {
         capacity_bytes: i64::try_from(v.capacity).unwrap_or(i64::MAX),
         volume_id: v.name.clone(),
         volume_context: HashMap::from([("replication".to_string(), v.replication.to_string())]),
-        content_source: None,
+        content_source: v.source.as_ref().map(|s| VolumeContentSource {
+            r#type: Some(match s {
+                ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                    snapshot_id: id.clone(),
+                }),
+                ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                    volume_id: id.clone(),
+                }),
+            }),
+        }),
         accessible_topology: vec![],
     }
+}
+
+fn csi_snapshot(s: &SnapshotInfo) -> Snapshot {
+    Snapshot {
+        size_bytes: i64::try_from(s.size).unwrap_or(i64::MAX),
+        snapshot_id: s.name.clone(),
+        source_volume_id: s.source_volume.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: s.created_ns.div_euclid(1_000_000_000),
+            nanos: s.created_ns.rem_euclid(1_000_000_000) as i32,
+        }),
+        // Taken in one metadata transaction: usable the moment it exists.
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// The content source of a CreateVolume request, by ringfs name.
+fn content_source(s: Option<&VolumeContentSource>) -> Result<Option<ContentSource>> {
+    use volume_content_source::Type;
+    let Some(s) = s else { return Ok(None) };
+    match &s.r#type {
+        None => Err(CsiError::InvalidArgument(
+            "volume_content_source names neither a snapshot nor a volume".into(),
+        )),
+        Some(Type::Snapshot(x)) if x.snapshot_id.is_empty() => Err(CsiError::InvalidArgument(
+            "volume_content_source.snapshot.snapshot_id is required".into(),
+        )),
+        Some(Type::Volume(x)) if x.volume_id.is_empty() => Err(CsiError::InvalidArgument(
+            "volume_content_source.volume.volume_id is required".into(),
+        )),
+        Some(Type::Snapshot(x)) => Ok(Some(ContentSource::Snapshot(x.snapshot_id.clone()))),
+        Some(Type::Volume(x)) => Ok(Some(ContentSource::Volume(x.volume_id.clone()))),
+    }
+}
+
+fn describe(source: Option<&ContentSource>) -> String {
+    match source {
+        Some(ContentSource::Snapshot(s)) => format!("a clone of snapshot {s:?}"),
+        Some(ContentSource::Volume(v)) => format!("a clone of volume {v:?}"),
+        None => "empty".to_string(),
+    }
+}
+
+/// Whether `id` can name a ringfs volume or snapshot at all (anything else does not
+/// exist, so lookups can skip the cluster).
+fn valid_id(id: &str) -> bool {
+    ringfs_core::names::validate_volume_name(id).is_ok()
+}
+
+/// One page of `items` (sorted by `key`): those after the token's key, at most
+/// `max_entries` (0: all), and the token of the next page ("" when none).
+fn page<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&T) -> &str,
+    starting_token: &str,
+    max_entries: i32,
+) -> Result<(Vec<&'a T>, String)> {
+    if max_entries < 0 {
+        return Err(CsiError::InvalidArgument(format!(
+            "max_entries {max_entries} is negative"
+        )));
+    }
+    let after = parse_page_token(starting_token)?;
+    let rest: Vec<&T> = items
+        .iter()
+        .filter(|v| after.as_ref().is_none_or(|a| key(v) > a.as_str()))
+        .collect();
+    let take = if max_entries == 0 {
+        rest.len()
+    } else {
+        (max_entries as usize).min(rest.len())
+    };
+    let next_token = if take < rest.len() && take > 0 {
+        page_token(key(rest[take - 1]))
+    } else {
+        String::new()
+    };
+    let mut rest = rest;
+    rest.truncate(take);
+    Ok((rest, next_token))
 }
 
 /// The requested size range as (required, limit); 0 means unset.
@@ -123,28 +304,25 @@ impl Controller for ControllerService {
         }
         caps::require_all(&req.volume_capabilities)?;
         let params = self.params(&req.parameters)?;
-        if req.volume_content_source.is_some() {
-            return Err(CsiError::InvalidArgument(
-                "creating a volume from a snapshot or another volume is not supported yet".into(),
-            )
-            .into());
-        }
+        let source = content_source(req.volume_content_source.as_ref())?;
         let wanted = range(req.capacity_range.as_ref())?;
         let id = volume_id_for(&req.name);
         if let Some(v) = self.backend.get(&id).await? {
             let rf_ok = params.replication == 0 || params.replication == v.replication;
-            if fits(v.capacity, wanted) && rf_ok {
+            if fits(v.capacity, wanted) && rf_ok && v.source == source {
                 return Ok(Response::new(CreateVolumeResponse {
                     volume: Some(csi_volume(&v)),
                 }));
             }
             return Err(CsiError::AlreadyExists(format!(
-                "volume {:?} (id {id}) already exists with capacity {} bytes and replication \
-                 {}, which does not match this request (capacity {}..{} bytes, replication {}); \
-                 use another name or delete the volume first",
+                "volume {:?} (id {id}) already exists ({}) with capacity {} bytes and \
+                 replication {}, which does not match this request ({}, capacity {}..{} bytes, \
+                 replication {}); use another name or delete the volume first",
                 req.name,
+                describe(v.source.as_ref()),
                 v.capacity,
                 v.replication,
+                describe(source.as_ref()),
                 wanted.0,
                 if wanted.1 == 0 {
                     "unlimited".to_string()
@@ -158,6 +336,12 @@ impl Controller for ControllerService {
                 },
             ))
             .into());
+        }
+        if let Some(source) = source {
+            let v = self.create_clone(&id, wanted, params, source).await?;
+            return Ok(Response::new(CreateVolumeResponse {
+                volume: Some(csi_volume(&v)),
+            }));
         }
         let size = match wanted {
             (0, 0) => self.default_capacity,
@@ -260,30 +444,14 @@ impl Controller for ControllerService {
         req: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let req = req.into_inner();
-        if req.max_entries < 0 {
-            return Err(CsiError::InvalidArgument(format!(
-                "max_entries {} is negative",
-                req.max_entries
-            ))
-            .into());
-        }
-        let after = parse_page_token(&req.starting_token)?;
         let all = self.backend.list().await?;
-        let rest: Vec<&VolumeInfo> = all
-            .iter()
-            .filter(|v| after.as_ref().is_none_or(|a| v.name.as_str() > a.as_str()))
-            .collect();
-        let take = if req.max_entries == 0 {
-            rest.len()
-        } else {
-            (req.max_entries as usize).min(rest.len())
-        };
-        let next_token = if take < rest.len() && take > 0 {
-            page_token(&rest[take - 1].name)
-        } else {
-            String::new()
-        };
-        let entries = rest[..take]
+        let (items, next_token) = page(
+            &all,
+            |v| v.name.as_str(),
+            &req.starting_token,
+            req.max_entries,
+        )?;
+        let entries = items
             .iter()
             .map(|v| list_volumes_response::Entry {
                 volume: Some(csi_volume(v)),
@@ -336,36 +504,120 @@ impl Controller for ControllerService {
                 rpc_cap(rpc::Type::GetCapacity),
                 rpc_cap(rpc::Type::ExpandVolume),
                 rpc_cap(rpc::Type::SingleNodeMultiWriter),
+                rpc_cap(rpc::Type::CreateDeleteSnapshot),
+                rpc_cap(rpc::Type::ListSnapshots),
+                rpc_cap(rpc::Type::GetSnapshot),
+                rpc_cap(rpc::Type::CloneVolume),
             ],
         }))
     }
 
+    #[instrument(skip_all, fields(name = %req.get_ref().name, volume = %req.get_ref().source_volume_id), err)]
     async fn create_snapshot(
         &self,
-        _req: Request<CreateSnapshotRequest>,
+        req: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(CsiError::InvalidArgument("name is required".into()).into());
+        }
+        if req.source_volume_id.is_empty() {
+            return Err(CsiError::InvalidArgument("source_volume_id is required".into()).into());
+        }
+        Self::snapshot_params(&req.parameters)?;
+        if !valid_id(&req.source_volume_id) {
+            return Err(CsiError::NotFound(format!(
+                "source volume {:?} does not exist",
+                req.source_volume_id
+            ))
+            .into());
+        }
+        let id = volume_id_for(&req.name);
+        let s = self
+            .backend
+            .create_snapshot(&id, &req.source_volume_id)
+            .await?;
+        tracing::info!(snapshot = %id, volume = %s.source_volume, bytes = s.size, "snapshot ready");
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&s)),
+        }))
     }
 
+    #[instrument(skip_all, fields(snapshot = %req.get_ref().snapshot_id), err)]
     async fn delete_snapshot(
         &self,
-        _req: Request<DeleteSnapshotRequest>,
+        req: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let req = req.into_inner();
+        if req.snapshot_id.is_empty() {
+            return Err(CsiError::InvalidArgument("snapshot_id is required".into()).into());
+        }
+        if valid_id(&req.snapshot_id) {
+            self.backend.delete_snapshot(&req.snapshot_id).await?;
+        }
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
+    #[instrument(skip_all, err)]
     async fn list_snapshots(
         &self,
-        _req: Request<ListSnapshotsRequest>,
+        req: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let req = req.into_inner();
+        let mut all = if req.snapshot_id.is_empty() {
+            self.backend.list_snapshots().await?
+        } else if valid_id(&req.snapshot_id) {
+            self.backend
+                .get_snapshot(&req.snapshot_id)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !req.source_volume_id.is_empty() {
+            all.retain(|s| s.source_volume == req.source_volume_id);
+        }
+        let (items, next_token) = page(
+            &all,
+            |s| s.name.as_str(),
+            &req.starting_token,
+            req.max_entries,
+        )?;
+        Ok(Response::new(ListSnapshotsResponse {
+            entries: items
+                .iter()
+                .map(|s| list_snapshots_response::Entry {
+                    snapshot: Some(csi_snapshot(s)),
+                })
+                .collect(),
+            next_token,
+        }))
     }
 
+    #[instrument(skip_all, fields(snapshot = %req.get_ref().snapshot_id), err)]
     async fn get_snapshot(
         &self,
-        _req: Request<GetSnapshotRequest>,
+        req: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not supported yet"))
+        let req = req.into_inner();
+        if req.snapshot_id.is_empty() {
+            return Err(CsiError::InvalidArgument("snapshot_id is required".into()).into());
+        }
+        let s = match valid_id(&req.snapshot_id) {
+            true => self.backend.get_snapshot(&req.snapshot_id).await?,
+            false => None,
+        };
+        match s {
+            Some(s) => Ok(Response::new(GetSnapshotResponse {
+                snapshot: Some(csi_snapshot(&s)),
+            })),
+            None => Err(CsiError::NotFound(format!(
+                "snapshot {:?} does not exist",
+                req.snapshot_id
+            ))
+            .into()),
+        }
     }
 
     #[instrument(skip_all, fields(volume = %req.get_ref().volume_id), err)]
@@ -439,9 +691,12 @@ mod tests {
     use std::sync::Mutex;
     use tonic::Code;
 
-    /// In-memory volumes with a 10 GiB limit per volume.
+    /// In-memory volumes with a 10 GiB limit per volume, and snapshots.
     #[derive(Default)]
-    struct Mem(Mutex<BTreeMap<String, VolumeInfo>>);
+    struct Mem(
+        Mutex<BTreeMap<String, VolumeInfo>>,
+        Mutex<BTreeMap<String, SnapshotInfo>>,
+    );
 
     #[async_trait::async_trait]
     impl VolumeBackend for Mem {
@@ -454,6 +709,7 @@ mod tests {
                 capacity,
                 replication: if replication == 0 { 3 } else { replication },
                 used: 0,
+                source: None,
             };
             self.0.lock().unwrap().insert(name.into(), v.clone());
             Ok(v)
@@ -478,6 +734,68 @@ mod tests {
                 available: 10 << 30,
                 max_volume: 10 << 30,
             })
+        }
+        async fn clone_volume(
+            &self,
+            name: &str,
+            capacity: u64,
+            replication: u32,
+            source: &ContentSource,
+        ) -> Result<VolumeInfo> {
+            let (used, rf) = match source {
+                ContentSource::Snapshot(s) => {
+                    let snaps = self.1.lock().unwrap();
+                    let s = snaps.get(s).ok_or_else(|| CsiError::NotFound(s.clone()))?;
+                    (s.size, s.replication)
+                }
+                ContentSource::Volume(v) => {
+                    let vols = self.0.lock().unwrap();
+                    let v = vols.get(v).ok_or_else(|| CsiError::NotFound(v.clone()))?;
+                    (v.used, v.replication)
+                }
+            };
+            assert!(replication == 0 || replication == rf);
+            let v = VolumeInfo {
+                name: name.into(),
+                capacity,
+                replication: rf,
+                used,
+                source: Some(source.clone()),
+            };
+            self.0.lock().unwrap().insert(name.into(), v.clone());
+            Ok(v)
+        }
+        async fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotInfo>> {
+            Ok(self.1.lock().unwrap().get(name).cloned())
+        }
+        async fn create_snapshot(&self, name: &str, source: &str) -> Result<SnapshotInfo> {
+            if let Some(s) = self.1.lock().unwrap().get(name) {
+                if s.source_volume == source {
+                    return Ok(s.clone());
+                }
+                return Err(CsiError::AlreadyExists(name.into()));
+            }
+            let v = self
+                .get(source)
+                .await?
+                .ok_or_else(|| CsiError::NotFound(source.into()))?;
+            let s = SnapshotInfo {
+                name: name.into(),
+                source_volume: source.into(),
+                size: v.used,
+                source_capacity: v.capacity,
+                replication: v.replication,
+                created_ns: 1_700_000_000_123_456_789,
+            };
+            self.1.lock().unwrap().insert(name.into(), s.clone());
+            Ok(s)
+        }
+        async fn delete_snapshot(&self, name: &str) -> Result<()> {
+            self.1.lock().unwrap().remove(name);
+            Ok(())
+        }
+        async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+            Ok(self.1.lock().unwrap().values().cloned().collect())
         }
     }
 
@@ -681,5 +999,330 @@ mod tests {
             .await,
             Code::NotFound
         );
+    }
+
+    fn snap_req(name: &str, source: &str) -> CreateSnapshotRequest {
+        CreateSnapshotRequest {
+            name: name.into(),
+            source_volume_id: source.into(),
+            ..Default::default()
+        }
+    }
+
+    fn from_snapshot(name: &str, bytes: i64, snapshot: &str) -> CreateVolumeRequest {
+        let mut r = create(name, bytes, &[]);
+        r.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource {
+                    snapshot_id: snapshot.into(),
+                },
+            )),
+        });
+        r
+    }
+
+    fn from_volume(name: &str, bytes: i64, volume: &str) -> CreateVolumeRequest {
+        let mut r = create(name, bytes, &[]);
+        r.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource {
+                    volume_id: volume.into(),
+                },
+            )),
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn snapshots_validate_and_are_idempotent() {
+        let c = svc();
+        for n in ["v1", "v2"] {
+            c.create_volume(Request::new(create(n, 1 << 20, &[])))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            code(c.create_snapshot(Request::new(snap_req("", "v1")))).await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.create_snapshot(Request::new(snap_req("s", "")))).await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.create_snapshot(Request::new(snap_req("s", "nope")))).await,
+            Code::NotFound
+        );
+        assert_eq!(
+            code(c.create_snapshot(Request::new(snap_req("s", "Not_A_Volume")))).await,
+            Code::NotFound
+        );
+        let mut params = snap_req("s", "v1");
+        params.parameters.insert("colour".into(), "red".into());
+        assert_eq!(
+            code(c.create_snapshot(Request::new(params))).await,
+            Code::InvalidArgument
+        );
+        // A CSI name that is not a ringfs name maps to a stable id.
+        let first = c
+            .create_snapshot(Request::new(snap_req("Snap-One", "v1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(first.snapshot_id, volume_id_for("Snap-One"));
+        assert_eq!(first.source_volume_id, "v1");
+        assert!(first.ready_to_use);
+        let t = first.creation_time.expect("creation time");
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_456_789));
+        let again = c
+            .create_snapshot(Request::new(snap_req("Snap-One", "v1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            code(c.create_snapshot(Request::new(snap_req("Snap-One", "v2")))).await,
+            Code::AlreadyExists
+        );
+        let get = |id: &str| GetSnapshotRequest {
+            snapshot_id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.get_snapshot(Request::new(get(&first.snapshot_id)))
+                .await
+                .unwrap()
+                .into_inner()
+                .snapshot,
+            Some(first.clone())
+        );
+        assert_eq!(
+            code(c.get_snapshot(Request::new(get("")))).await,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(c.get_snapshot(Request::new(get("none-exist-id")))).await,
+            Code::NotFound
+        );
+        let del = |id: &str| DeleteSnapshotRequest {
+            snapshot_id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(c.delete_snapshot(Request::new(del("")))).await,
+            Code::InvalidArgument
+        );
+        for id in [
+            first.snapshot_id.as_str(),
+            first.snapshot_id.as_str(),
+            "Fake_Id",
+        ] {
+            c.delete_snapshot(Request::new(del(id))).await.unwrap();
+        }
+        assert_eq!(
+            code(c.get_snapshot(Request::new(get(&first.snapshot_id)))).await,
+            Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn list_snapshots_filters_and_pages() {
+        let c = svc();
+        for v in ["va", "vb"] {
+            c.create_volume(Request::new(create(v, 1 << 20, &[])))
+                .await
+                .unwrap();
+        }
+        for (s, v) in [("s1", "va"), ("s2", "vb"), ("s3", "va"), ("s4", "va")] {
+            c.create_snapshot(Request::new(snap_req(s, v)))
+                .await
+                .unwrap();
+        }
+        let list = |r: ListSnapshotsRequest| {
+            let c = &c;
+            async move {
+                let r = c.list_snapshots(Request::new(r)).await?.into_inner();
+                let ids: Vec<String> = r
+                    .entries
+                    .into_iter()
+                    .map(|e| e.snapshot.unwrap().snapshot_id)
+                    .collect();
+                Ok::<_, Status>((ids, r.next_token))
+            }
+        };
+        let (all, token) = list(ListSnapshotsRequest::default()).await.unwrap();
+        assert_eq!(all, ["s1", "s2", "s3", "s4"]);
+        assert_eq!(token, "");
+        let by_volume = list(ListSnapshotsRequest {
+            source_volume_id: "va".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(by_volume.0, ["s1", "s3", "s4"]);
+        for (id, want) in [
+            ("s2", vec!["s2"]),
+            ("none-exist-id", vec![]),
+            ("Bad_Id", vec![]),
+        ] {
+            let r = list(ListSnapshotsRequest {
+                snapshot_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.0, want, "{id}");
+        }
+        let both = list(ListSnapshotsRequest {
+            snapshot_id: "s2".into(),
+            source_volume_id: "va".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(both.0.is_empty(), "s2 is not a snapshot of va");
+        let (p1, token) = list(ListSnapshotsRequest {
+            max_entries: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(p1, ["s1", "s2", "s3"]);
+        let (p2, end) = list(ListSnapshotsRequest {
+            starting_token: token,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(p2, ["s4"]);
+        assert_eq!(end, "");
+        for bad in [
+            ListSnapshotsRequest {
+                starting_token: "bogus".into(),
+                ..Default::default()
+            },
+            ListSnapshotsRequest {
+                max_entries: -1,
+                ..Default::default()
+            },
+        ] {
+            let e = list(bad).await.expect_err("bad request");
+            assert!(
+                matches!(e.code(), Code::Aborted | Code::InvalidArgument),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn volumes_from_snapshots_and_volumes() {
+        let mem = Arc::new(Mem::default());
+        let c = ControllerService {
+            backend: mem.clone(),
+            ..svc()
+        };
+        let mut src = create("src", 4 << 20, &[("replication", "2")]);
+        src.capacity_range = Some(CapacityRange {
+            required_bytes: 4 << 20,
+            limit_bytes: 0,
+        });
+        c.create_volume(Request::new(src)).await.unwrap();
+        // Pretend it holds 3 MiB.
+        if let Some(v) = mem.0.lock().unwrap().get_mut("src") {
+            v.used = 3 << 20;
+        }
+        c.create_snapshot(Request::new(snap_req("snap", "src")))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            code(c.create_volume(Request::new(from_snapshot("r", 1 << 20, "nope")))).await,
+            Code::NotFound
+        );
+        assert_eq!(
+            code(c.create_volume(Request::new(from_volume("r", 1 << 20, "nope")))).await,
+            Code::NotFound
+        );
+        assert_eq!(
+            code(c.create_volume(Request::new(from_snapshot("r", 2 << 20, "snap")))).await,
+            Code::OutOfRange,
+            "smaller than the snapshot's data"
+        );
+        assert_eq!(
+            code(c.create_volume(Request::new(from_volume("r", 3 << 20, "src")))).await,
+            Code::OutOfRange,
+            "smaller than the source volume"
+        );
+        let mut other_rf = from_snapshot("r", 4 << 20, "snap");
+        other_rf.parameters.insert("replication".into(), "3".into());
+        assert_eq!(
+            code(c.create_volume(Request::new(other_rf))).await,
+            Code::InvalidArgument
+        );
+        let mut empty = from_snapshot("r", 4 << 20, "snap");
+        empty.volume_content_source = Some(VolumeContentSource { r#type: None });
+        assert_eq!(
+            code(c.create_volume(Request::new(empty))).await,
+            Code::InvalidArgument
+        );
+
+        let restored = c
+            .create_volume(Request::new(from_snapshot("r", 3 << 20, "snap")))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(restored.capacity_bytes, 3 << 20);
+        assert_eq!(
+            restored.content_source,
+            from_snapshot("r", 0, "snap").volume_content_source
+        );
+        let again = c
+            .create_volume(Request::new(from_snapshot("r", 3 << 20, "snap")))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(restored, again);
+        assert_eq!(
+            code(c.create_volume(Request::new(create("r", 3 << 20, &[])))).await,
+            Code::AlreadyExists,
+            "same name without the source"
+        );
+        assert_eq!(
+            code(c.create_volume(Request::new(from_volume("r", 3 << 20, "src")))).await,
+            Code::AlreadyExists,
+            "same name from another source"
+        );
+        // No size asked: a snapshot restores at its source's capacity, a clone at its
+        // source's.
+        let mut unsized_req = from_snapshot("r2", 0, "snap");
+        unsized_req.capacity_range = None;
+        let r2 = c
+            .create_volume(Request::new(unsized_req))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(r2.capacity_bytes, 4 << 20);
+        let cl = c
+            .create_volume(Request::new(from_volume("cl", 4 << 20, "src")))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(
+            cl.content_source,
+            from_volume("cl", 0, "src").volume_content_source
+        );
+        assert_eq!(cl.volume_context["replication"], "2");
     }
 }

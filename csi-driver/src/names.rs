@@ -1,4 +1,4 @@
-//! CSI names → ringfs volume names, and ListVolumes page tokens.
+//! CSI names → ringfs volume and snapshot names, and List{Volumes,Snapshots} page tokens.
 
 use crate::error::{CsiError, Result};
 use ringfs_core::names::validate_volume_name;
@@ -17,7 +17,8 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
-/// The ringfs volume name (= CSI volume id) for a CSI volume name. Kubernetes names
+/// The ringfs volume name (= CSI volume id) for a CSI volume name; snapshot names map
+/// the same way (ringfs snapshot name = CSI snapshot id). Kubernetes names
 /// (`pvc-<uuid>`) are valid volume names and are used unchanged; any other name is
 /// lowercased, stripped of characters a volume name cannot hold, shortened, and suffixed
 /// with a hash of the original, so distinct CSI names never share a volume.
@@ -45,8 +46,8 @@ pub fn volume_id_for(csi_name: &str) -> String {
 
 const TOKEN_PREFIX: &str = "after:";
 
-/// A page token: the last volume id of the previous page. Volumes are listed in name
-/// order, so a token stays meaningful when volumes are added or deleted between pages.
+/// A page token: the last volume (or snapshot) id of the previous page. Both are listed
+/// in name order, so a token stays meaningful when entries come and go between pages.
 pub fn page_token(last: &str) -> String {
     format!("{TOKEN_PREFIX}{last}")
 }

@@ -22,10 +22,15 @@ fi
 
 WORK=$(mktemp -d /tmp/ringfs-sanity.XXXXXX)
 CSI_PID=
+# Runs under `set -e -o pipefail`: every step must succeed even when there is nothing to
+# clean (no mounts left makes grep exit 1), or the script fails after a passing run.
 cleanup() {
-    [ -n "$CSI_PID" ] && kill "$CSI_PID" 2>/dev/null && wait "$CSI_PID" 2>/dev/null
+    if [ -n "$CSI_PID" ]; then
+        kill "$CSI_PID" 2>/dev/null || true
+        wait "$CSI_PID" 2>/dev/null || true
+    fi
     # Mounts the run left behind (a failing test may skip its cleanup).
-    grep " $WORK/" /proc/self/mounts | awk '{print $2}' | sort -r | while read -r m; do
+    { grep " $WORK/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     "$BIN/ringfs" dev down --dir "$WORK/cluster" --purge >/dev/null 2>&1 || true

@@ -7,7 +7,7 @@
 
 use crate::error::{NodeError, Result};
 use crate::sm::{Reader, Tbl, Writer};
-use crate::types::{Command, NodeRecord, RefusalCode, Response, VolumeInfo};
+use crate::types::{CloneSource, Command, NodeRecord, RefusalCode, Response, VolumeInfo};
 use ringfs_core::fs::{
     Attr, ChunkSlice, DirEntry, FileKind, FsError, FsOp, FsReply, FsResult, SetAttr, StatFs,
     XattrMode, MAX_READDIR, MAX_XATTR_NAME, MAX_XATTR_VALUE,
@@ -200,7 +200,7 @@ fn k_chunk(vol: VolumeId, ino: Ino, chunk: u64) -> Vec<u8> {
     [k_u64(vol), k_u64(ino), k_u64(chunk)].concat()
 }
 /// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -211,7 +211,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
-fn dec<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
+pub(crate) fn dec<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
     postcard::from_bytes(v).map_err(|e| NodeError::Storage(format!("corrupt metadata record: {e}")))
 }
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -334,9 +334,23 @@ fn dir_is_empty(r: &impl Reader, vol: VolumeId, ino: Ino) -> Result<bool> {
 }
 
 /// Evaluates a read-only file-system op.
+/// `vol` may also be a snapshot's id: snapshots answer every read (and no write).
 pub fn query(r: &impl Reader, vol: VolumeId, op: &FsOp) -> Result<FsResult> {
-    let Some(volume) = volume_by_id(r, vol)? else {
-        return Ok(Err(FsError::NoVolume(vol)));
+    let statfs = match volume_by_id(r, vol)? {
+        Some(v) => StatFs {
+            capacity_bytes: v.info.capacity,
+            used_bytes: v.info.used_bytes,
+            used_inodes: v.info.used_inodes,
+        },
+        None => match crate::snapshots::snapshot_by_id(r, vol)? {
+            // Full: nothing can be added to a snapshot.
+            Some(s) => StatFs {
+                capacity_bytes: s.info.used_bytes,
+                used_bytes: s.info.used_bytes,
+                used_inodes: s.info.used_inodes,
+            },
+            None => return Ok(Err(FsError::NoVolume(vol))),
+        },
     };
     Ok(match op {
         FsOp::Lookup { parent, name } => {
@@ -444,11 +458,7 @@ pub fn query(r: &impl Reader, vol: VolumeId, op: &FsOp) -> Result<FsResult> {
                 rows.into_iter().map(|(k, _)| k[16..].to_vec()).collect(),
             ))
         }
-        FsOp::StatFs => Ok(FsReply::StatFs(StatFs {
-            capacity_bytes: volume.info.capacity,
-            used_bytes: volume.info.used_bytes,
-            used_inodes: volume.info.used_inodes,
-        })),
+        FsOp::StatFs => Ok(FsReply::StatFs(statfs)),
         _ => Err(FsError::Invalid("not a read operation".into())),
     })
 }
@@ -469,6 +479,13 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
         Command::DeleteVolume { name } => delete_volume(w, &name),
         Command::Fs { volume, op, now_ns } => {
             let Some(mut vol) = volume_by_id(w, volume)? else {
+                if crate::snapshots::snapshot_by_id(w, volume)?.is_some() {
+                    return Ok(Response::Fs(if op.is_read() {
+                        query(w, volume, &op)?
+                    } else {
+                        Err(FsError::ReadOnly)
+                    }));
+                }
                 return Ok(Response::Fs(Err(FsError::NoVolume(volume))));
             };
             if op.is_read() {
@@ -517,6 +534,19 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
             }
             Ok(Response::None)
         }
+        Command::CreateSnapshot {
+            name,
+            volume,
+            now_ns,
+        } => crate::snapshots::create_snapshot(w, &name, &volume, now_ns),
+        Command::DeleteSnapshot { name } => crate::snapshots::delete_snapshot(w, &name),
+        Command::CloneVolume {
+            name,
+            capacity,
+            replication,
+            source,
+            now_ns,
+        } => crate::snapshots::clone_volume(w, &name, capacity, replication, &source, now_ns),
         Command::Unreferenced { ids } => {
             let mut out = Vec::new();
             for id in ids {
@@ -545,29 +575,18 @@ fn create_volume(
             "volume capacity must be greater than 0 bytes",
         ));
     }
-    let Some(layout) = current_layout(w)? else {
-        return Ok(refused(
-            RefusalCode::FailedPrecondition,
-            "the cluster has no storage nodes yet; wait for nodes to join",
-        ));
+    let rf = match new_volume_replication(w, replication)? {
+        Ok(rf) => rf,
+        Err(refusal) => return Ok(refusal),
     };
-    let max_rf = layout.replication;
-    let rf = if replication == 0 {
-        max_rf.min(ringfs_core::layout::DEFAULT_REPLICATION)
-    } else {
-        replication
-    };
-    if rf > max_rf {
-        return Ok(refused(
-            RefusalCode::InvalidArgument,
-            format!(
-                "replication {rf} needs at least {rf} storage nodes, but the cluster places data on {max_rf}; \
-                 add nodes or ask for replication <= {max_rf}"
-            ),
-        ));
-    }
     if let Some(existing) = volume_by_name(w, name)? {
         let i = &existing.info;
+        if let Some(origin) = volume_origin(w, i.id)? {
+            return Ok(refused(
+                RefusalCode::AlreadyExists,
+                format!("volume {name:?} already exists as a clone of {origin}; pick another name"),
+            ));
+        }
         if i.capacity == capacity && i.replication == rf {
             return Ok(Response::Volume {
                 volume: existing.info,
@@ -583,8 +602,7 @@ fn create_volume(
             ),
         ));
     }
-    let id: u64 = get(w, Tbl::Sys, K_NEXT_VOLUME)?.unwrap_or(1);
-    put(w, Tbl::Sys, K_NEXT_VOLUME, &(id + 1))?;
+    let id = next_volume_id(w)?;
     let root = InodeRec {
         attr: Attr {
             ino: ringfs_core::ids::ROOT_INO,
@@ -627,6 +645,53 @@ fn create_volume(
     })
 }
 
+/// Allocates a volume id (also used for snapshots' namespaces); ids are never reused.
+pub(crate) fn next_volume_id(w: &impl Writer) -> Result<VolumeId> {
+    let id: u64 = get(w, Tbl::Sys, K_NEXT_VOLUME)?.unwrap_or(1);
+    put(w, Tbl::Sys, K_NEXT_VOLUME, &(id + 1))?;
+    Ok(id)
+}
+
+/// The replication of a new volume asked for `replication` (0: the cluster default), or
+/// the refusal when the cluster cannot place that many copies.
+pub(crate) fn new_volume_replication(
+    r: &impl Reader,
+    replication: u32,
+) -> Result<std::result::Result<u32, Response>> {
+    let Some(layout) = current_layout(r)? else {
+        return Ok(Err(refused(
+            RefusalCode::FailedPrecondition,
+            "the cluster has no storage nodes yet; wait for nodes to join",
+        )));
+    };
+    let max_rf = layout.replication;
+    let rf = if replication == 0 {
+        max_rf.min(ringfs_core::layout::DEFAULT_REPLICATION)
+    } else {
+        replication
+    };
+    if rf > max_rf {
+        return Ok(Err(refused(
+            RefusalCode::InvalidArgument,
+            format!(
+                "replication {rf} needs at least {rf} storage nodes, but the cluster places data on {max_rf}; \
+                 add nodes or ask for replication <= {max_rf}"
+            ),
+        )));
+    }
+    Ok(Ok(rf))
+}
+
+/// Where a clone came from: `origin/<volume id>` in `Sys`, removed with the volume.
+pub(crate) fn k_origin(vol: VolumeId) -> Vec<u8> {
+    [b"origin/".as_slice(), &k_u64(vol)].concat()
+}
+
+/// The source a volume was cloned from (`None`: created empty).
+pub fn volume_origin(r: &impl Reader, vol: VolumeId) -> Result<Option<CloneSource>> {
+    get(r, Tbl::Sys, &k_origin(vol))
+}
+
 fn resize_volume(w: &impl Writer, name: &str, capacity: u64) -> Result<Response> {
     if capacity == 0 {
         return Ok(refused(
@@ -667,7 +732,8 @@ fn delete_volume(w: &impl Writer, name: &str) -> Result<Response> {
     Ok(Response::Deleted(true))
 }
 
-/// Removes up to `limit` records of a deleted volume; its blocks go to the GC queue.
+/// Removes up to `limit` records of a deleted volume (or snapshot: its namespace has the
+/// same shape); blocks no longer referenced go to the GC queue.
 fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
     let prefix = k_u64(id);
     let end = prefix_end(&prefix);
@@ -686,8 +752,8 @@ fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
             return Ok(Response::Purged { remaining: true });
         }
     }
-    // Orphan marks, client sessions and what they hold.
-    for kind in [b"orphan/".as_slice(), b"session/", b"held/"] {
+    // Orphan marks, client sessions and what they hold, and a clone's origin.
+    for kind in [b"orphan/".as_slice(), b"session/", b"held/", b"origin/"] {
         let marks = [kind, &prefix].concat();
         let rows = w.scan(
             Tbl::Sys,
@@ -766,7 +832,7 @@ fn add_node(
     })
 }
 
-fn incref_slices(w: &impl Writer, slices: &[Slice]) -> Result<()> {
+pub(crate) fn incref_slices(w: &impl Writer, slices: &[Slice]) -> Result<()> {
     for s in slices {
         for b in &s.blocks {
             let n: u64 = get(w, Tbl::BlockRefs, &b.id.0)?.unwrap_or(0);

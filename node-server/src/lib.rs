@@ -20,6 +20,7 @@ pub mod network;
 pub mod node;
 pub mod scrub;
 pub mod sm;
+pub mod snapshots;
 pub mod types;
 
 pub use app::run;

@@ -5,7 +5,10 @@
 use crate::error::NodeError;
 use crate::fsm;
 use crate::node::{now_ns, Node, Route};
-use crate::types::{Command, RefusalCode, Response as SmResponse, VolumeInfo};
+use crate::snapshots;
+use crate::types::{
+    CloneSource, Command, RefusalCode, Response as SmResponse, SnapshotInfo, VolumeInfo,
+};
 use ringfs_core::fs::{FsOp, FsResult, FS_FORMAT};
 use ringfs_proto::meta::meta_service_client::MetaServiceClient;
 use ringfs_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
@@ -53,6 +56,14 @@ impl MetaServer {
         let tx = self.node.sm.read()?;
         Ok(f(&tx)?)
     }
+
+    /// A volume's message with its origin, read locally: origins never change, and the
+    /// caller has just applied (or linearizably read) the volume.
+    fn volume_reply(&self, v: VolumeInfo) -> Result<Volume, Status> {
+        let tx = self.node.sm.read()?;
+        let origin = fsm::volume_origin(&tx, v.id)?;
+        Ok(volume_msg(v, origin.as_ref()))
+    }
 }
 
 pub fn refusal(code: RefusalCode, message: String) -> Status {
@@ -61,10 +72,16 @@ pub fn refusal(code: RefusalCode, message: String) -> Status {
         RefusalCode::NotFound => Status::not_found(message),
         RefusalCode::AlreadyExists => Status::already_exists(message),
         RefusalCode::FailedPrecondition => Status::failed_precondition(message),
+        RefusalCode::OutOfRange => Status::out_of_range(message),
     }
 }
 
-pub fn volume_msg(v: VolumeInfo) -> Volume {
+pub fn volume_msg(v: VolumeInfo, origin: Option<&CloneSource>) -> Volume {
+    let (source_snapshot, source_volume) = match origin {
+        Some(CloneSource::Snapshot(s)) => (s.clone(), String::new()),
+        Some(CloneSource::Volume(s)) => (String::new(), s.clone()),
+        None => (String::new(), String::new()),
+    };
     Volume {
         name: v.name,
         id: v.id,
@@ -73,7 +90,29 @@ pub fn volume_msg(v: VolumeInfo) -> Volume {
         used_bytes: v.used_bytes,
         used_inodes: v.used_inodes,
         created_unix: v.created_ns / 1_000_000_000,
+        source_snapshot,
+        source_volume,
     }
+}
+
+pub fn snapshot_msg(s: SnapshotInfo) -> Snapshot {
+    Snapshot {
+        name: s.name,
+        id: s.id,
+        source_volume: s.source_volume,
+        source_volume_id: s.source_volume_id,
+        source_capacity_bytes: s.source_capacity,
+        replication: s.replication,
+        size_bytes: s.used_bytes,
+        used_inodes: s.used_inodes,
+        created_unix_nanos: s.created_ns,
+    }
+}
+
+fn snapshot_not_found(name: &str) -> Status {
+    Status::not_found(format!(
+        "snapshot {name:?} does not exist; `ringfs snapshot ls` lists snapshots"
+    ))
 }
 
 fn unexpected(r: SmResponse) -> Status {
@@ -106,15 +145,34 @@ impl MetaService for MetaServer {
                 "capacity_bytes must be greater than 0 (e.g. 10GiB)",
             ));
         }
-        let cmd = Command::CreateVolume {
-            name: r.name,
-            capacity: r.capacity_bytes,
-            replication: r.replication,
-            now_ns: now_ns(),
+        let source = match (r.source_snapshot.is_empty(), r.source_volume.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(CloneSource::Snapshot(r.source_snapshot)),
+            (true, false) => Some(CloneSource::Volume(r.source_volume)),
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "give source_snapshot or source_volume, not both",
+                ))
+            }
+        };
+        let cmd = match source {
+            None => Command::CreateVolume {
+                name: r.name,
+                capacity: r.capacity_bytes,
+                replication: r.replication,
+                now_ns: now_ns(),
+            },
+            Some(source) => Command::CloneVolume {
+                name: r.name,
+                capacity: r.capacity_bytes,
+                replication: r.replication,
+                source,
+                now_ns: now_ns(),
+            },
         };
         match self.propose(cmd).await? {
             SmResponse::Volume { volume, created } => Ok(Response::new(CreateVolumeReply {
-                volume: Some(volume_msg(volume)),
+                volume: Some(self.volume_reply(volume)?),
                 created,
             })),
             other => Err(unexpected(other)),
@@ -127,10 +185,18 @@ impl MetaService for MetaServer {
         req: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesReply>, Status> {
         route!(self, req, list_volumes);
-        let vols = self.read(fsm::list_volumes).await?;
-        Ok(Response::new(ListVolumesReply {
-            volumes: vols.into_iter().map(volume_msg).collect(),
-        }))
+        let vols = self
+            .read(|tx| {
+                fsm::list_volumes(tx)?
+                    .into_iter()
+                    .map(|v| {
+                        let origin = fsm::volume_origin(tx, v.id)?;
+                        Ok(volume_msg(v, origin.as_ref()))
+                    })
+                    .collect::<crate::error::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Response::new(ListVolumesReply { volumes: vols }))
     }
 
     #[instrument(skip_all, fields(volume = %req.get_ref().name), err)]
@@ -138,7 +204,7 @@ impl MetaService for MetaServer {
         route!(self, req, get_volume);
         let name = req.into_inner().name;
         match self.read(|tx| fsm::volume_by_name(tx, &name)).await? {
-            Some(v) => Ok(Response::new(volume_msg(v.info))),
+            Some(v) => Ok(Response::new(self.volume_reply(v.info)?)),
             None => Err(Status::not_found(format!(
                 "volume {name:?} does not exist; `ringfs volume ls` lists volumes"
             ))),
@@ -159,7 +225,7 @@ impl MetaService for MetaServer {
             })
             .await?
         {
-            SmResponse::Volume { volume, .. } => Ok(Response::new(volume_msg(volume))),
+            SmResponse::Volume { volume, .. } => Ok(Response::new(self.volume_reply(volume)?)),
             other => Err(unexpected(other)),
         }
     }
@@ -176,6 +242,93 @@ impl MetaService for MetaServer {
         }
         match self.propose(Command::DeleteVolume { name }).await? {
             SmResponse::Deleted(deleted) => Ok(Response::new(DeleteVolumeReply { deleted })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[instrument(skip_all, fields(snapshot = %req.get_ref().name, volume = %req.get_ref().source_volume), err)]
+    async fn create_snapshot(
+        &self,
+        req: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotReply>, Status> {
+        route!(self, req, create_snapshot);
+        let r = req.into_inner();
+        if r.source_volume.is_empty() {
+            return Err(Status::invalid_argument(
+                "source_volume is required: the volume to snapshot",
+            ));
+        }
+        let cmd = Command::CreateSnapshot {
+            name: r.name,
+            volume: r.source_volume,
+            now_ns: now_ns(),
+        };
+        match self.propose(cmd).await? {
+            SmResponse::Snapshot { snapshot, created } => {
+                if created {
+                    tracing::info!(
+                        snapshot = %snapshot.name,
+                        inodes = snapshot.used_inodes,
+                        bytes = snapshot.used_bytes,
+                        "snapshot taken"
+                    );
+                }
+                Ok(Response::new(CreateSnapshotReply {
+                    snapshot: Some(snapshot_msg(snapshot)),
+                    created,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    #[instrument(skip_all, err)]
+    async fn list_snapshots(
+        &self,
+        req: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsReply>, Status> {
+        route!(self, req, list_snapshots);
+        let source = req.into_inner().source_volume;
+        let snaps = self.read(snapshots::list_snapshots).await?;
+        Ok(Response::new(ListSnapshotsReply {
+            snapshots: snaps
+                .into_iter()
+                .filter(|s| source.is_empty() || s.source_volume == source)
+                .map(snapshot_msg)
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(snapshot = %req.get_ref().name), err)]
+    async fn get_snapshot(
+        &self,
+        req: Request<GetSnapshotRequest>,
+    ) -> Result<Response<Snapshot>, Status> {
+        route!(self, req, get_snapshot);
+        let name = req.into_inner().name;
+        match self
+            .read(|tx| snapshots::snapshot_by_name(tx, &name))
+            .await?
+        {
+            Some(s) => Ok(Response::new(snapshot_msg(s.info))),
+            None => Err(snapshot_not_found(&name)),
+        }
+    }
+
+    #[instrument(skip_all, fields(snapshot = %req.get_ref().name), err)]
+    async fn delete_snapshot(
+        &self,
+        req: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotReply>, Status> {
+        route!(self, req, delete_snapshot);
+        let name = req.into_inner().name;
+        if let Err(e) = ringfs_core::names::validate_volume_name(&name) {
+            return Err(Status::invalid_argument(format!(
+                "invalid snapshot name: {e}"
+            )));
+        }
+        match self.propose(Command::DeleteSnapshot { name }).await? {
+            SmResponse::Deleted(deleted) => Ok(Response::new(DeleteSnapshotReply { deleted })),
             other => Err(unexpected(other)),
         }
     }

@@ -52,9 +52,14 @@ pub enum Tbl {
     Nodes = 9,
     Layouts = 10,
     Deleting = 11,
+    /// Snapshots by id ([`crate::snapshots::SnapshotRec`]); their namespaces live in the
+    /// namespace tables under that id, like a volume's.
+    Snapshots = 12,
+    /// Snapshot name → id.
+    SnapshotNames = 13,
 }
 
-pub const ALL_TABLES: [Tbl; 12] = [
+pub const ALL_TABLES: [Tbl; 14] = [
     Tbl::Sys,
     Tbl::Volumes,
     Tbl::VolumeNames,
@@ -67,13 +72,15 @@ pub const ALL_TABLES: [Tbl; 12] = [
     Tbl::Nodes,
     Tbl::Layouts,
     Tbl::Deleting,
+    Tbl::Snapshots,
+    Tbl::SnapshotNames,
 ];
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 impl Tbl {
     fn def(self) -> Def {
-        const NAMES: [&str; 12] = [
+        const NAMES: [&str; 14] = [
             "sys",
             "volumes",
             "volume_names",
@@ -86,6 +93,8 @@ impl Tbl {
             "nodes",
             "layouts",
             "deleting",
+            "snapshots",
+            "snapshot_names",
         ];
         TableDefinition::new(NAMES[self as usize])
     }
@@ -236,6 +245,12 @@ impl SmStore {
 
     pub fn read(&self) -> Result<redb::ReadTransaction> {
         Ok(self.db.begin_read()?)
+    }
+
+    /// A write transaction outside Raft, for tests of the state machine's logic.
+    #[cfg(test)]
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        Ok(self.db.begin_write()?)
     }
 
     pub fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership)> {

@@ -93,6 +93,43 @@ pub enum Command {
         sessions: Vec<(VolumeId, u64)>,
         now_ns: i64,
     },
+    /// Takes snapshot `name` of volume `volume`: a read-only copy of its whole namespace
+    /// as of this command's place in the log, sharing its blocks (see `snapshots`).
+    CreateSnapshot {
+        name: String,
+        volume: String,
+        now_ns: i64,
+    },
+    /// Deletes snapshot `name`; its records are purged (and its blocks released) in
+    /// bounded batches by the leader, like a deleted volume's.
+    DeleteSnapshot {
+        name: String,
+    },
+    /// Creates volume `name` whose namespace is a copy of `source` (a snapshot or a
+    /// volume), sharing its blocks. `replication` 0 means the source's.
+    CloneVolume {
+        name: String,
+        capacity: u64,
+        replication: u32,
+        source: CloneSource,
+        now_ns: i64,
+    },
+}
+
+/// What a clone copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloneSource {
+    Snapshot(String),
+    Volume(String),
+}
+
+impl std::fmt::Display for CloneSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloneSource::Snapshot(n) => write!(f, "snapshot {n:?}"),
+            CloneSource::Volume(n) => write!(f, "volume {n:?}"),
+        }
+    }
 }
 
 /// A replicated command's result.
@@ -120,6 +157,10 @@ pub enum Response {
         code: RefusalCode,
         message: String,
     },
+    Snapshot {
+        snapshot: SnapshotInfo,
+        created: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +169,8 @@ pub enum RefusalCode {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    /// A size outside what the request allows (a clone smaller than its source).
+    OutOfRange,
 }
 
 /// A volume as stored in the state machine.
@@ -137,6 +180,26 @@ pub struct VolumeInfo {
     pub name: String,
     pub capacity: u64,
     pub replication: u32,
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+    pub created_ns: i64,
+}
+
+/// A volume snapshot as stored in the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The id its namespace records are stored under (drawn from the volume ids, so it
+    /// never collides with a volume's).
+    pub id: VolumeId,
+    pub name: String,
+    pub source_volume: String,
+    pub source_volume_id: VolumeId,
+    /// The source's capacity when the snapshot was taken (the default for a restore).
+    pub source_capacity: u64,
+    /// The source's replication: the shared blocks have this many copies.
+    pub replication: u32,
+    /// Bytes of file data (and symlink targets) in the snapshot: the least capacity a
+    /// volume restored from it needs.
     pub used_bytes: u64,
     pub used_inodes: u64,
     pub created_ns: i64,

@@ -51,6 +51,13 @@ impl LayoutView {
     }
 }
 
+/// What a clone copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    Snapshot(String),
+    Volume(String),
+}
+
 /// A connection to a ringfs cluster. Cheap to share (`Arc`); safe to use concurrently.
 pub struct Cluster {
     seeds: Vec<String>,
@@ -195,6 +202,7 @@ impl Cluster {
             name: name.into(),
             capacity_bytes: capacity,
             replication,
+            ..Default::default()
         };
         let r = self
             .call(|ch| {
@@ -206,6 +214,93 @@ impl Cluster {
             .volume
             .ok_or_else(|| ClientError::Protocol("create_volume reply without a volume".into()))?;
         Ok((v, r.created))
+    }
+
+    /// Creates volume `name` as a copy-on-write clone of a snapshot or another volume
+    /// (idempotent when the source and settings match). `replication` 0 means the
+    /// source's; `capacity` must be at least the bytes the source holds.
+    pub async fn clone_volume(
+        &self,
+        name: &str,
+        capacity: u64,
+        replication: u32,
+        source: &VolumeSource,
+    ) -> Result<(Volume, bool)> {
+        let (source_snapshot, source_volume) = match source {
+            VolumeSource::Snapshot(s) => (s.clone(), String::new()),
+            VolumeSource::Volume(v) => (String::new(), v.clone()),
+        };
+        let req = CreateVolumeRequest {
+            name: name.into(),
+            capacity_bytes: capacity,
+            replication,
+            source_snapshot,
+            source_volume,
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).create_volume(req).await }
+            })
+            .await?;
+        let v = r
+            .volume
+            .ok_or_else(|| ClientError::Protocol("create_volume reply without a volume".into()))?;
+        Ok((v, r.created))
+    }
+
+    /// Takes snapshot `name` of `volume` (idempotent for the same volume).
+    pub async fn create_snapshot(&self, name: &str, volume: &str) -> Result<(Snapshot, bool)> {
+        let req = CreateSnapshotRequest {
+            name: name.into(),
+            source_volume: volume.into(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).create_snapshot(req).await }
+            })
+            .await?;
+        let s = r.snapshot.ok_or_else(|| {
+            ClientError::Protocol("create_snapshot reply without a snapshot".into())
+        })?;
+        Ok((s, r.created))
+    }
+
+    /// Snapshots in name order; only those of `volume` when given.
+    pub async fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<Snapshot>> {
+        let req = ListSnapshotsRequest {
+            source_volume: volume.unwrap_or_default().into(),
+        };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).list_snapshots(req).await }
+            })
+            .await?
+            .snapshots)
+    }
+
+    pub async fn snapshot(&self, name: &str) -> Result<Snapshot> {
+        let req = GetSnapshotRequest { name: name.into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).get_snapshot(req).await }
+        })
+        .await
+    }
+
+    /// Deletes a snapshot (idempotent: false when it did not exist). Its blocks are
+    /// garbage-collected once nothing else references them.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<bool> {
+        let req = DeleteSnapshotRequest { name: name.into() };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).delete_snapshot(req).await }
+            })
+            .await?
+            .deleted)
     }
 
     pub async fn list_volumes(&self) -> Result<Vec<Volume>> {

@@ -53,6 +53,17 @@ impl Vol {
         })
     }
 
+    /// Opens snapshot `name` for reading (every write fails with `FsError::ReadOnly`).
+    pub async fn open_snapshot(cluster: Arc<Cluster>, name: &str) -> Result<Vol> {
+        let s = cluster.snapshot(name).await?;
+        Ok(Vol {
+            cluster,
+            id: s.id,
+            name: s.name,
+            replication: s.replication,
+        })
+    }
+
     pub async fn fs(&self, op: FsOp) -> Result<FsReply> {
         self.cluster.fs(self.id, &op).await
     }

@@ -7,7 +7,7 @@ pub mod error;
 pub mod files;
 pub mod pool;
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, VolumeSource};
 pub use error::{ClientError, Result};
 pub use files::Vol;
 pub use pool::ChannelPool;

@@ -332,6 +332,10 @@ pub enum FsError {
     NotPermitted,
     #[error("extended attribute name too long (at most 255 bytes)")]
     Range,
+    // ---- appended (variant tags are part of the wire format) ----
+    /// The namespace is a snapshot: read-only forever (clone it to write).
+    #[error("read-only file system: this is a snapshot; create a volume from it to write")]
+    ReadOnly,
 }
 
 impl FsError {
@@ -349,6 +353,7 @@ impl FsError {
             FsError::NoXattr => 61,                        // ENODATA
             FsError::NotPermitted => 1,                    // EPERM
             FsError::Range => 34,                          // ERANGE
+            FsError::ReadOnly => 30,                       // EROFS
         }
     }
 }
