@@ -53,6 +53,9 @@ stage "cluster tests (real ringfs-node processes)"
 # One at a time: each test runs its own 3-node cluster, and this machine may have 2 cores.
 cargo test -p ringfs-node --locked --test cluster -- --test-threads=1 --nocapture
 
+stage "snapshot and clone tests (real ringfs-node processes)"
+cargo test -p ringfs-node --locked --test snapshots -- --test-threads=1 --nocapture
+
 stage "membership tests (join, drain, remove, node loss, scrub; real node processes)"
 cargo test -p ringfs-node --locked --test membership -- --test-threads=1 --nocapture
 
