@@ -394,18 +394,22 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
     let leader_addr = c.node(leader).addr.clone();
     let client = c.client();
     let mut extra = 0;
-    wait_for("leader purged the log the follower lacks", Duration::from_secs(60), || {
-        extra += 1;
-        let (client, leader_addr, vol) = (client.clone(), leader_addr.clone(), vol.clone());
-        async move {
-            let s = client.node_status(&leader_addr).await.ok()?;
-            if s.last_purged_index > follower_had + 1 {
-                return Some(());
+    wait_for(
+        "leader purged the log the follower lacks",
+        Duration::from_secs(60),
+        || {
+            extra += 1;
+            let (client, leader_addr, vol) = (client.clone(), leader_addr.clone(), vol.clone());
+            async move {
+                let s = client.node_status(&leader_addr).await.ok()?;
+                if s.last_purged_index > follower_had + 1 {
+                    return Some(());
+                }
+                vol.mkdir(&format!("/extra{extra}"), 0o755).await.ok()?;
+                None
             }
-            vol.mkdir(&format!("/extra{extra}"), 0o755).await.ok()?;
-            None
-        }
-    })
+        },
+    )
     .await;
     let target = c.client().status().await.expect("status").last_applied;
     c.restart(follower);
