@@ -123,7 +123,7 @@ else
     # Compile the e2e tests before the cluster comes up, so it is not idle during builds.
     cargo test -p ringfs-e2e --locked --no-run
     RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
-        cargo test -p ringfs-e2e --locked --test smoke -- --ignored --test-threads=1
+        cargo test -p ringfs-e2e --locked --test smoke --test operator -- --ignored --test-threads=1 --nocapture
 fi
 
 stage "done"

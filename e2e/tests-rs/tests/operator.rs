@@ -443,6 +443,13 @@ async fn operator_cluster_lifecycle() -> Result<()> {
             );
 
             // A pod template change (here: resources) rolls out one node at a time.
+            let sets: Api<StatefulSet> = ns.api();
+            let rev_before = sets
+                .get("c")
+                .await?
+                .status
+                .and_then(|s| s.update_revision)
+                .context("StatefulSet c has no update revision")?;
             clusters
                 .patch(
                     "c",
@@ -450,7 +457,6 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                     &Patch::Merge(json!({"spec": {"resources": {"requests": {"cpu": "10m"}}}})),
                 )
                 .await?;
-            let sets: Api<StatefulSet> = ns.api();
             let nodes: Api<Pod> = ns.api();
             let selector = sets
                 .get("c")
@@ -470,8 +476,12 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                 "rolling update done: 3 pods on the new template, Available",
                 || {
                     let (sets, nodes, clusters) = (sets.clone(), nodes.clone(), clusters.clone());
-                    let (max_down, saw_rolling, selector) =
-                        (max_down.clone(), saw_rolling.clone(), selector.clone());
+                    let (max_down, saw_rolling, selector, rev_before) = (
+                        max_down.clone(),
+                        saw_rolling.clone(),
+                        selector.clone(),
+                        rev_before.clone(),
+                    );
                     async move {
                         let pods = nodes.list(&ListParams::default().labels(&selector)).await?;
                         let down = pods
@@ -489,7 +499,17 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                             .await?
                             .status
                             .context("no StatefulSet status")?;
-                        let done = st.current_revision.is_some()
+                        let new_rev = st.update_revision.clone().filter(|r| *r != rev_before);
+                        let all_new = new_rev.is_some()
+                            && pods.items.len() == 3
+                            && pods.items.iter().all(|p| {
+                                p.metadata
+                                    .labels
+                                    .as_ref()
+                                    .and_then(|l| l.get("controller-revision-hash"))
+                                    == new_rev.as_ref()
+                            });
+                        let done = all_new
                             && st.current_revision == st.update_revision
                             && st.updated_replicas == Some(3)
                             && st.ready_replicas == Some(3)
@@ -506,6 +526,10 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                 saw_rolling.load(std::sync::atomic::Ordering::Relaxed)
             );
             ensure!(max_down <= 1, "{max_down} node pods were down at once");
+            ensure!(
+                max_down == 1,
+                "no node pod was ever seen restarting: the rollout was not observed"
+            );
             ensure!(
                 read_back(&ns, "reader-3").await? == want,
                 "data differs after the rolling update"
