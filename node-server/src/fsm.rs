@@ -550,7 +550,7 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
         Command::Unreferenced { ids } => {
             let mut out = Vec::new();
             for id in ids {
-                if get::<u64>(w, Tbl::BlockRefs, &id.0)?.is_none() {
+                if !block_referenced(w, id)? {
                     out.push(id);
                 }
             }
