@@ -405,7 +405,7 @@ async fn lagging_follower_catches_up_from_a_snapshot() {
                 if s.last_purged_index > follower_had + 1 {
                     return Some(());
                 }
-                vol.mkdir(&format!("/extra{extra}"), 0o755).await.ok()?;
+                vol.mkdir(&format!("/d0/extra{extra}"), 0o755).await.ok()?;
                 None
             }
         },
