@@ -122,8 +122,10 @@ if [ "${RINGFS_SKIP_E2E:-0}" = 1 ]; then
 else
     # Compile the e2e tests before the cluster comes up, so it is not idle during builds.
     cargo test -p ringfs-e2e --locked --no-run
-    RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
-        cargo test -p ringfs-e2e --locked --test smoke --test operator -- --ignored --test-threads=1 --nocapture
+    # The CSI e2e needs the CSI sidecar images and the VolumeSnapshot CRDs: built once
+    # into the e2e cache (RINGFS_E2E_SIDECARS=1), reused afterwards.
+    RINGFS_E2E_SIDECARS=1 RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
+        cargo test -p ringfs-e2e --locked --test smoke --test operator --test csi -- --ignored --test-threads=1 --nocapture
 fi
 
 stage "done"

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/meta.proto",
         "proto/admin.proto",
         "proto/csi.proto",
+        "proto/pluginregistration.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

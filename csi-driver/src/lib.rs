@@ -2,14 +2,17 @@
 //! Controller service (`--mode controller`), the Node service (`--mode node`) or both,
 //! on a Unix socket.
 
+pub mod authority;
 pub mod backend;
 pub mod caps;
+pub mod cgroups;
 pub mod controller;
 pub mod error;
 pub mod identity;
 pub mod mounts;
 pub mod names;
 pub mod node;
+pub mod registration;
 
 use anyhow::{bail, Context};
 use ringfs_client::Cluster;
@@ -80,6 +83,21 @@ pub struct Config {
     /// Seconds between checks that repair dead mounts (0: only on stage/publish).
     #[arg(long, default_value_t = 30)]
     pub repair_interval_secs: u64,
+    /// Register with the kubelet (no node-driver-registrar sidecar needed): the path of
+    /// the CSI socket on the host, e.g.
+    /// /var/lib/kubelet/plugins/csi.ringfs.io/csi.sock. Node mode only.
+    #[arg(long)]
+    pub kubelet_registration_path: Option<String>,
+    /// The kubelet's plugins_registry directory as mounted into this container.
+    #[arg(long, default_value = "/registration")]
+    pub registration_dir: PathBuf,
+    /// Cgroup FUSE daemons are moved into, so that they outlive this plugin's container
+    /// (see the cgroups module; needs hostPID). Empty: they stay in the plugin's cgroup.
+    #[arg(long, default_value = "")]
+    pub mount_cgroup: String,
+    /// The host's cgroup file system (/sys/fs/cgroup) as mounted into this container.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub mount_cgroup_root: PathBuf,
 }
 
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
@@ -159,6 +177,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }));
     }
     if serve_node {
+        let mount_cgroups = if cfg.mount_cgroup.is_empty() {
+            None
+        } else {
+            let c = cgroups::MountCgroups::prepare(&cfg.mount_cgroup_root, &cfg.mount_cgroup)?;
+            tracing::info!(cgroup = %c.description, "FUSE daemons will run outside this container");
+            Some(Arc::new(c))
+        };
         let node = Arc::new(node::NodeService::new(
             node::NodeConfig {
                 node_id: cfg.node_id.clone().unwrap_or_else(hostname),
@@ -168,6 +193,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 state_dir: cfg.state_dir.clone(),
                 managed_root: cfg.managed_root.clone(),
                 health_timeout: Duration::from_secs(cfg.health_timeout_secs.max(1)),
+                mount_cgroups,
             },
             cluster.clone(),
         ));
@@ -195,24 +221,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         router = router.add_service(NodeServer::from_arc(node));
     }
     tracing::info!(socket = %path.display(), mode = ?cfg.mode, "serving CSI");
-    let shutdown = async {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(t) => t,
-                Err(_) => return std::future::pending().await,
+                Err(_) => return,
             };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        let _ = stop_tx.send(true);
+    });
+    let registration = match (&cfg.kubelet_registration_path, serve_node) {
+        (Some(endpoint), true) => {
+            let registrar = registration::Registrar {
+                driver_name: cfg.driver_name.clone(),
+                endpoint: endpoint.clone(),
+                registered: Default::default(),
+            };
+            let bound = registration::bind(&cfg.registration_dir, &cfg.driver_name)
+                .await
+                .context("the kubelet registration socket (--registration-dir)")?;
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(registration::serve(bound, registrar, stop)))
+        }
+        (Some(_), false) => {
+            bail!("--kubelet-registration-path is for the node plugin (--mode node or all)")
+        }
+        (None, _) => None,
     };
     router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
+            stopped(stop_rx),
         )
         .await
         .context("serving CSI")?;
+    if let Some(r) = registration {
+        match r.await {
+            Ok(res) => res?,
+            Err(e) => bail!("registration task: {e}"),
+        }
+    }
     // The FUSE mounts stay: they belong to their own processes, not to this one.
     let _ = std::fs::remove_file(&path);
     Ok(())

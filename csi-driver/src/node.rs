@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub managed_root: PathBuf,
     /// How long a mount may take to answer statfs before it counts as dead.
     pub health_timeout: Duration,
+    /// Cgroups FUSE daemons join so that they outlive the plugin's container.
+    pub mount_cgroups: Option<Arc<crate::cgroups::MountCgroups>>,
 }
 
 pub struct NodeService {
@@ -94,11 +96,16 @@ impl NodeService {
             .args(["--background", "--allow-other", "--log-file"])
             .arg(&log)
             .stdin(std::process::Stdio::null());
+        let cgroups = self.cfg.mount_cgroups.clone();
         // SAFETY: setsid is async-signal-safe. A new session detaches the mount from the
         // plugin's process group and terminal, so signals to the plugin never reach it.
+        // `MountCgroups::enter` only makes system calls on data prepared before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setsid();
+                if let Some(c) = &cgroups {
+                    c.enter()?;
+                }
                 Ok(())
             });
         }
@@ -108,7 +115,8 @@ impl NodeService {
             .map_err(|e| CsiError::Internal(format!("mount task: {e}")))?
             .map_err(|e| {
                 CsiError::Internal(format!(
-                    "starting {} (set --ringfs-bin): {e}",
+                    "starting {} for the mount: {e} (check --ringfs-bin, and \
+                     --mount-cgroup-root when moving daemons out of the container)",
                     bin.display()
                 ))
             })?;

@@ -2,6 +2,7 @@
 //! unit-tested with a scripted fake instead of real nodes.
 
 use futures::future::BoxFuture;
+pub use ringfs_client::VolumeSource;
 use ringfs_client::{ClientError, Cluster};
 use ringfs_proto::admin::admin_service_client::AdminServiceClient;
 use ringfs_proto::admin::{DrainRequest, RebalanceStatusRequest, RemoveRequest};
@@ -88,12 +89,14 @@ pub trait Admin: Send + Sync {
     fn drain(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<()>>;
     fn remove(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<bool>>;
     fn volume(&self, seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
+    /// Creates the volume, empty or (with `source`) as a copy-on-write clone.
     fn create_volume(
         &self,
         seeds: Vec<String>,
         name: String,
         capacity: u64,
         replication: u32,
+        source: Option<VolumeSource>,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
     fn resize_volume(
         &self,
@@ -232,13 +235,15 @@ impl Admin for GrpcAdmin {
         name: String,
         capacity: u64,
         replication: u32,
+        source: Option<VolumeSource>,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
         Box::pin(async move {
             let c = self.connect(seeds)?;
-            let (v, _) = c
-                .create_volume(&name, capacity, replication)
-                .await
-                .map_err(|e| map_err(e, "CreateVolume"))?;
+            let (v, _) = match &source {
+                None => c.create_volume(&name, capacity, replication).await,
+                Some(src) => c.clone_volume(&name, capacity, replication, src).await,
+            }
+            .map_err(|e| map_err(e, "CreateVolume"))?;
             Ok(volume_info(v))
         })
     }

@@ -452,6 +452,7 @@ fn dfs_volume(name: &str, capacity: &str, finalizer: bool) -> DfsVolume {
             capacity: capacity.into(),
             replication: 2,
             access_mode: AccessMode::ReadWriteMany,
+            source: None,
         },
     );
     v.metadata.namespace = Some(NS.into());
@@ -518,6 +519,57 @@ async fn volume_is_created_in_the_cluster_and_bound() {
     ];
     run_volume(dfs_volume("data", "1Gi", true), admin.clone(), script).await;
     assert_eq!(admin.calls(), vec![format!("create data {} 2", 1u64 << 30)]);
+}
+
+#[tokio::test]
+async fn volume_from_a_snapshot_is_created_as_a_clone() {
+    let admin = Arc::new(FakeAdmin::default());
+    let script = vec![
+        Expect::new("GET", CLUSTERS, Reply::Json(available_cluster())),
+        event("Normal", "Created", "data"),
+        volume_status_patch(|b| {
+            assert_eq!(b["status"]["phase"], "Bound");
+            assert_eq!(condition(b, "Ready")["status"], "True");
+        }),
+    ];
+    let mut dv = dfs_volume("data", "1Gi", true);
+    dv.spec.source = Some(ringfs_api::DfsVolumeSource {
+        snapshot: Some("nightly".into()),
+        volume: None,
+    });
+    run_volume(dv, admin.clone(), script).await;
+    assert_eq!(
+        admin.calls(),
+        vec![format!(
+            "create data {} 2 from Snapshot(\"nightly\")",
+            1u64 << 30
+        )]
+    );
+}
+
+#[tokio::test]
+async fn volume_with_two_sources_fails_without_a_call() {
+    let admin = Arc::new(FakeAdmin::default());
+    let script = vec![
+        Expect::new("GET", CLUSTERS, Reply::Json(available_cluster())),
+        event("Warning", "InvalidSource", "data"),
+        volume_status_patch(|b| {
+            assert_eq!(b["status"]["phase"], "Failed");
+            let c = condition(b, "Ready");
+            assert_eq!(c["reason"], "InvalidSource");
+            assert!(
+                c["message"].as_str().unwrap_or("").contains("exactly one"),
+                "{c}"
+            );
+        }),
+    ];
+    let mut dv = dfs_volume("data", "1Gi", true);
+    dv.spec.source = Some(ringfs_api::DfsVolumeSource {
+        snapshot: Some("nightly".into()),
+        volume: Some("other".into()),
+    });
+    run_volume(dv, admin.clone(), script).await;
+    assert!(admin.calls().is_empty(), "{:?}", admin.calls());
 }
 
 #[tokio::test]

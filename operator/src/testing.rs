@@ -406,9 +406,15 @@ impl Admin for FakeAdmin {
         name: String,
         capacity: u64,
         replication: u32,
+        source: Option<crate::admin::VolumeSource>,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
         Box::pin(async move {
-            self.record(format!("create {name} {capacity} {replication}"));
+            match source {
+                None => self.record(format!("create {name} {capacity} {replication}")),
+                Some(src) => self.record(format!(
+                    "create {name} {capacity} {replication} from {src:?}"
+                )),
+            }
             let v = VolumeInfo {
                 id: 11,
                 capacity_bytes: capacity,

@@ -188,8 +188,32 @@ async fn ensure(dv: &DfsVolume, ctx: &Context, ns: &str) -> Result<Outcome> {
     };
     let result = match existing {
         None => {
+            let source = match &dv.spec.source {
+                None => None,
+                Some(ringfs_api::DfsVolumeSource {
+                    snapshot: Some(s),
+                    volume: None,
+                }) => Some(crate::admin::VolumeSource::Snapshot(s.clone())),
+                Some(ringfs_api::DfsVolumeSource {
+                    snapshot: None,
+                    volume: Some(v),
+                }) => Some(crate::admin::VolumeSource::Volume(v.clone())),
+                Some(_) => {
+                    return Ok(Outcome::not_ready(
+                        VolumePhase::Failed,
+                        "InvalidSource",
+                        "spec.source needs exactly one of snapshot or volume".into(),
+                    ))
+                }
+            };
             ctx.admin
-                .create_volume(seeds, vol_name.clone(), capacity, dv.spec.replication)
+                .create_volume(
+                    seeds,
+                    vol_name.clone(),
+                    capacity,
+                    dv.spec.replication,
+                    source,
+                )
                 .await
         }
         Some(v) if v.replication != dv.spec.replication => {

@@ -221,6 +221,8 @@ pub struct RebalanceProgress {
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source)")
+    .message("spec.source is fixed when the volume is created; it cannot be added or removed later"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DfsVolumeSpec {
     /// Name of the DfsCluster (same namespace) holding the volume.
@@ -244,6 +246,27 @@ pub struct DfsVolumeSpec {
     /// How pods may mount the volume (used by the CSI driver).
     #[serde(default)]
     pub access_mode: AccessMode,
+    /// Initial content: a copy-on-write clone of a snapshot or of another volume of the
+    /// same cluster. Only used when the volume is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.source cannot be changed after the volume is created"))]
+    pub source: Option<DfsVolumeSource>,
+}
+
+/// Where a new volume's content comes from: exactly one of `snapshot` and `volume`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("has(self.snapshot) != has(self.volume)")
+    .message("spec.source needs exactly one of snapshot (a snapshot name) or volume (a volume to clone)"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DfsVolumeSource {
+    /// A snapshot in the cluster (`ringfs snapshot ls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub snapshot: Option<String>,
+    /// A volume of the cluster to clone (its name inside the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub volume: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -406,6 +429,7 @@ mod tests {
                 capacity: "1Gi".into(),
                 replication: 3,
                 access_mode: AccessMode::default(),
+                source: None,
             },
         );
         assert_eq!(v.volume_name(), Some("data"));

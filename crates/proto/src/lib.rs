@@ -3,7 +3,8 @@
 //! - [`block`]: immutable block storage (clients and nodes);
 //! - [`meta`]: volumes and the file-system namespace (clients);
 //! - [`admin`]: cluster status, membership and layout (operators, the CLI);
-//! - [`csi`]: the Container Storage Interface v1 (Kubernetes sidecars, `ringfs-csi`).
+//! - [`csi`]: the Container Storage Interface v1 (Kubernetes sidecars, `ringfs-csi`);
+//! - [`pluginregistration`]: the kubelet's plugin registration API (`ringfs-csi` node).
 
 #![allow(clippy::all, clippy::pedantic)]
 
@@ -21,6 +22,9 @@ pub mod admin {
 }
 pub mod csi {
     tonic::include_proto!("csi.v1");
+}
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
 }
 
 /// gRPC metadata key carrying the current leader's address on `unavailable` errors.

@@ -16,11 +16,18 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, ServiceAccount};
-use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, Pod, ServiceAccount};
+use kube::api::{
+    DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
+use kube::core::ApiResource;
 use kube::runtime::wait::{await_condition, Condition};
 use kube::{Api, Client, Resource};
+use ringfs_api::DfsCluster;
+use serde_json::{json, Value};
+use std::process::Command;
 
 /// The directory `e2e/` of the repository.
 pub fn e2e_dir() -> PathBuf {
@@ -50,13 +57,19 @@ pub fn busybox_image() -> String {
     if let Ok(img) = std::env::var("RINGFS_E2E_BUSYBOX_IMAGE") {
         return img;
     }
+    version("BUSYBOX_IMAGE").unwrap_or_else(|| "localhost/ringfs-e2e/busybox:1.35".to_string())
+}
+
+/// A plain `KEY=value` of e2e/versions.env.
+pub fn version(key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
     std::fs::read_to_string(e2e_dir().join("versions.env"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("BUSYBOX_IMAGE=").map(str::to_string))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&prefix)
+                .map(|v| v.trim_matches('"').to_string())
         })
-        .unwrap_or_else(|| "localhost/ringfs-e2e/busybox:1.35".to_string())
 }
 
 /// The helm binary: `HELM`, else `helm` on `PATH`, else the one e2e/build.sh caches.
@@ -265,4 +278,170 @@ where
     }
     let deleted = ns.delete().await;
     result.and(deleted)
+}
+/// Field manager of the tests' server-side applies.
+pub const MANAGER: &str = "ringfs-e2e";
+
+pub fn strict_apply() -> PatchParams {
+    let mut pp = PatchParams::apply(MANAGER).force();
+    pp.field_validation = Some(ValidationDirective::Strict);
+    pp
+}
+
+/// `helm install op charts/ringfs` into `ns` with the e2e ringfs image, the operator
+/// watching `ns`, extra `--set` values, and `--wait`.
+pub async fn helm_install(ns: &TestNamespace, sets: &[String]) -> Result<()> {
+    let chart = e2e_dir().join("../charts/ringfs");
+    let image = ringfs_image();
+    let sets = sets.to_vec();
+    let (repo, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+    let out = tokio::task::spawn_blocking({
+        let ns = ns.name.clone();
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        move || {
+            Command::new(helm_binary())
+                .args(["install", "op"])
+                .arg(&chart)
+                .args(["-n", &ns])
+                .args(["--set", &format!("image.repository={repo}")])
+                .args(["--set", &format!("image.tag={tag}")])
+                .args(["--set", &format!("operator.watchNamespace={ns}")])
+                .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+                .args(["--wait", "--timeout", &format!("{}s", timeout().as_secs())])
+                .output()
+        }
+    })
+    .await??;
+    ensure!(
+        out.status.success(),
+        "helm install of charts/ringfs failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Static hostPath volumes for `n` node claims of class `class`.
+pub async fn make_pvs(client: &Client, class: &str, n: usize) -> Result<Vec<String>> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("{class}-{i}");
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "ringfs-e2e"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": class,
+                "hostPath": {"path": format!("/tmp/{name}"), "type": "DirectoryOrCreate"},
+            }
+        }))?;
+        pvs.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
+            .await
+            .with_context(|| format!("creating PersistentVolume {name}"))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+pub async fn delete_pvs(client: &Client, names: &[String]) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for n in names {
+        let _ = pvs.delete(n, &DeleteParams::default()).await;
+    }
+}
+
+pub fn dyn_api<K: kube::Resource<DynamicType = ()>>(
+    ns: &TestNamespace,
+) -> (Api<DynamicObject>, ApiResource) {
+    let ar = ApiResource::erase::<K>(&());
+    (Api::namespaced_with(ns.client.clone(), &ns.name, &ar), ar)
+}
+
+pub async fn apply_json(api: &Api<DynamicObject>, obj: &Value) -> Result<(), String> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.patch(&name, &strict_apply(), &Patch::Apply(obj))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `script` with busybox sh in a pod of the ringfs image (which has the `ringfs`
+/// CLI) and returns its output; fails with the output when the script fails.
+pub async fn run_pod(ns: &TestNamespace, name: &str, script: &str) -> Result<String> {
+    let pods: Api<Pod> = ns.api();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "c", "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", script],
+            }],
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {name}"))?;
+    let phase = poll(&format!("pod {name} finished"), || async {
+        let p = pods.get(name).await?;
+        Ok(match pod_phase(Some(&p)) {
+            Some(ph @ ("Succeeded" | "Failed")) => Some(ph.to_string()),
+            _ => None,
+        })
+    })
+    .await?;
+    let logs = pods.logs(name, &LogParams::default()).await?;
+    ensure!(phase == "Succeeded", "pod {name} failed: {logs}");
+    Ok(logs)
+}
+
+/// The first 64-hex-digit word of `logs` (a sha256sum line).
+pub fn sha256_in(logs: &str) -> Option<String> {
+    logs.split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// A DfsCluster of the e2e image with node claims of StorageClass `class`.
+pub fn cluster_json(name: &str, replicas: i64, replication: i64, class: &str) -> Value {
+    json!({
+        "apiVersion": "ringfs.io/v1alpha1", "kind": "DfsCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas, "replication": replication, "partitions": 64,
+            "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
+            "storage": {"size": "1Gi", "storageClassName": class, "deleteClaimsOnScaleDown": true},
+        }
+    })
+}
+
+/// (status, reason, message) of the DfsCluster condition `type_`.
+pub fn condition(dc: &DfsCluster, type_: &str) -> Option<(String, String, String)> {
+    dc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Polls DfsCluster `name` until `ok` holds.
+pub async fn wait_cluster(
+    api: &Api<DfsCluster>,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&DfsCluster) -> bool,
+) -> Result<DfsCluster> {
+    poll(what, || async {
+        let dc = api.get(name).await?;
+        Ok(ok(&dc).then_some(dc))
+    })
+    .await
 }

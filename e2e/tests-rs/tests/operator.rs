@@ -7,160 +7,15 @@
 
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{
-    DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
-    ValidationDirective,
-};
-use kube::core::ApiResource;
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::Api;
 use ringfs_api::{DfsCluster, DfsVolume};
 use ringfs_e2e::{
-    helm_binary, in_namespace, pod_phase, poll, random_suffix, ringfs_image, TestNamespace,
+    apply_json, cluster_json, condition, delete_pvs, dyn_api, helm_install, in_namespace, make_pvs,
+    poll, random_suffix, run_pod, sha256_in, wait_cluster, TestNamespace,
 };
-use serde_json::{json, Value};
-use std::process::Command;
-
-const MANAGER: &str = "ringfs-e2e";
-
-fn strict_apply() -> PatchParams {
-    let mut pp = PatchParams::apply(MANAGER).force();
-    pp.field_validation = Some(ValidationDirective::Strict);
-    pp
-}
-
-async fn helm_install(ns: &TestNamespace) -> Result<()> {
-    let chart = ringfs_e2e::e2e_dir().join("../charts/ringfs");
-    let image = ringfs_image();
-    let (repo, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
-    let out = tokio::task::spawn_blocking({
-        let ns = ns.name.clone();
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        move || {
-            Command::new(helm_binary())
-                .args(["install", "op"])
-                .arg(&chart)
-                .args(["-n", &ns])
-                .args(["--set", &format!("image.repository={repo}")])
-                .args(["--set", &format!("image.tag={tag}")])
-                .args(["--set", &format!("operator.watchNamespace={ns}")])
-                .args([
-                    "--wait",
-                    "--timeout",
-                    &format!("{}s", ringfs_e2e::timeout().as_secs()),
-                ])
-                .output()
-        }
-    })
-    .await??;
-    ensure!(
-        out.status.success(),
-        "helm install of charts/ringfs failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// Static hostPath volumes for `n` node claims of class `class`.
-async fn make_pvs(client: &Client, class: &str, n: usize) -> Result<Vec<String>> {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let mut names = Vec::new();
-    for i in 0..n {
-        let name = format!("{class}-{i}");
-        let pv: PersistentVolume = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "ringfs-e2e"}},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": class,
-                "hostPath": {"path": format!("/tmp/{name}"), "type": "DirectoryOrCreate"},
-            }
-        }))?;
-        pvs.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
-            .await
-            .with_context(|| format!("creating PersistentVolume {name}"))?;
-        names.push(name);
-    }
-    Ok(names)
-}
-
-async fn delete_pvs(client: &Client, names: &[String]) {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    for n in names {
-        let _ = pvs.delete(n, &DeleteParams::default()).await;
-    }
-}
-
-fn cluster_json(name: &str, replicas: i64, replication: i64, class: &str) -> Value {
-    json!({
-        "apiVersion": "ringfs.io/v1alpha1", "kind": "DfsCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas, "replication": replication, "partitions": 64,
-            "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
-            "storage": {"size": "1Gi", "storageClassName": class, "deleteClaimsOnScaleDown": true},
-        }
-    })
-}
-
-fn dyn_api<K: kube::Resource<DynamicType = ()>>(
-    ns: &TestNamespace,
-) -> (Api<DynamicObject>, ApiResource) {
-    let ar = ApiResource::erase::<K>(&());
-    (Api::namespaced_with(ns.client.clone(), &ns.name, &ar), ar)
-}
-
-async fn apply_json(api: &Api<DynamicObject>, obj: &Value) -> Result<(), String> {
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    api.patch(&name, &strict_apply(), &Patch::Apply(obj))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Runs `script` with busybox sh in a pod of the ringfs image (which has the `ringfs`
-/// CLI) and returns its output; fails with the output when the script fails.
-async fn run_pod(ns: &TestNamespace, name: &str, script: &str) -> Result<String> {
-    let pods: Api<Pod> = ns.api();
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "c", "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", script],
-            }],
-        }
-    }))?;
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .with_context(|| format!("creating pod {name}"))?;
-    let phase = poll(&format!("pod {name} finished"), || async {
-        let p = pods.get(name).await?;
-        Ok(match pod_phase(Some(&p)) {
-            Some(ph @ ("Succeeded" | "Failed")) => Some(ph.to_string()),
-            _ => None,
-        })
-    })
-    .await?;
-    let logs = pods.logs(name, &LogParams::default()).await?;
-    ensure!(phase == "Succeeded", "pod {name} failed: {logs}");
-    Ok(logs)
-}
-
-/// The first 64-hex-digit word of `logs` (a sha256sum line).
-fn sha256_in(logs: &str) -> Option<String> {
-    logs.split_whitespace()
-        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .map(str::to_string)
-}
+use serde_json::json;
 
 /// Reads `data:/f` back through the cluster's client Service and returns its sha256.
 async fn read_back(ns: &TestNamespace, pod: &str) -> Result<String> {
@@ -173,34 +28,12 @@ async fn read_back(ns: &TestNamespace, pod: &str) -> Result<String> {
     sha256_in(&logs).with_context(|| format!("no checksum in: {logs}"))
 }
 
-fn condition(dc: &DfsCluster, type_: &str) -> Option<(String, String, String)> {
-    dc.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_cluster(
-    api: &Api<DfsCluster>,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&DfsCluster) -> bool,
-) -> Result<DfsCluster> {
-    poll(what, || async {
-        let dc = api.get(name).await?;
-        Ok(ok(&dc).then_some(dc))
-    })
-    .await
-}
-
 /// Invalid specs are refused by the API server itself, with messages naming the field.
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: run through e2e/run.sh"]
 async fn operator_invalid_specs_are_rejected() -> Result<()> {
     in_namespace("ringfs-e2e-opval", |ns| async move {
-        helm_install(&ns).await?;
+        helm_install(&ns, &[]).await?;
         let (api, _) = dyn_api::<DfsCluster>(&ns);
         let err = apply_json(&api, &cluster_json("bad-replicas", 0, 1, "x"))
             .await
@@ -242,6 +75,19 @@ async fn operator_invalid_specs_are_rejected() -> Result<()> {
         .await
         .expect_err("bad capacity must be rejected");
         ensure!(err.contains("spec.capacity"), "unclear message: {err}");
+        let err = apply_json(
+            &vols,
+            &json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolume",
+                    "metadata": {"name": "v"},
+                    "spec": {"cluster": "fixed", "capacity": "1Gi",
+                             "source": {"snapshot": "s", "volume": "w"}}}),
+        )
+        .await
+        .expect_err("two sources must be rejected");
+        ensure!(
+            err.contains("exactly one of snapshot"),
+            "unclear message: {err}"
+        );
         Ok(())
     })
     .await
@@ -258,7 +104,7 @@ async fn operator_cluster_lifecycle() -> Result<()> {
     let result = in_namespace("ringfs-e2e-op", |ns| {
         let class = class.clone();
         async move {
-            helm_install(&ns).await?;
+            helm_install(&ns, &[]).await?;
             let (dyn_clusters, _) = dyn_api::<DfsCluster>(&ns);
             apply_json(&dyn_clusters, &cluster_json("c", 3, 3, &class))
                 .await
@@ -321,6 +167,55 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                 read_back(&ns, "reader-0").await? == want,
                 "data differs after write"
             );
+
+            // A DfsVolume created from a snapshot of it holds the same file.
+            run_pod(
+                &ns,
+                "snap",
+                "ringfs --cluster c:7420 snapshot create data snap1",
+            )
+            .await?;
+            apply_json(
+                &vols,
+                &json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolume",
+                        "metadata": {"name": "copy"},
+                        "spec": {"cluster": "c", "capacity": "128Mi", "replication": 3,
+                                 "source": {"snapshot": "snap1"}}}),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            poll("DfsVolume copy Bound", || async {
+                let v = typed.get("copy").await?;
+                Ok(v.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(ringfs_api::VolumePhase::Bound))
+                    .then_some(()))
+            })
+            .await?;
+            let logs = run_pod(
+                &ns,
+                "read-copy",
+                "ringfs --cluster c:7420 get copy:/f /tmp/g && sha256sum /tmp/g",
+            )
+            .await?;
+            ensure!(
+                sha256_in(&logs).as_deref() == Some(want.as_str()),
+                "the volume cloned from a snapshot differs: {logs}"
+            );
+            let err = apply_json(
+                &vols,
+                &json!({"apiVersion": "ringfs.io/v1alpha1", "kind": "DfsVolume",
+                        "metadata": {"name": "copy"},
+                        "spec": {"cluster": "c", "capacity": "128Mi", "replication": 3,
+                                 "source": {"volume": "data"}}}),
+            )
+            .await
+            .expect_err("changing spec.source must be rejected");
+            ensure!(
+                err.contains("spec.source cannot be changed"),
+                "unclear message: {err}"
+            );
+            typed.delete("copy", &DeleteParams::default()).await?;
 
             // Below RF: refused, the StatefulSet keeps 3 pods.
             clusters
