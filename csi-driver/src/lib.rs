@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod controller;
 pub mod error;
 pub mod identity;
+pub mod kube_backend;
 pub mod mounts;
 pub mod names;
 pub mod node;
@@ -95,6 +96,17 @@ pub struct Config {
     /// (see the cgroups module; needs hostPID). Empty: they stay in the plugin's cgroup.
     #[arg(long, default_value = "")]
     pub mount_cgroup: String,
+    /// Keep CSI volumes as DfsVolume objects of this DfsCluster (reconciled by the ringfs
+    /// operator), so Kubernetes shows them; without it the controller creates volumes in
+    /// the cluster directly.
+    #[arg(long, env = "RINGFS_DFS_CLUSTER")]
+    pub dfs_cluster: Option<String>,
+    /// Namespace of that DfsCluster and its DfsVolumes (default: this pod's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Seconds a call waits for the operator before answering `aborted` (then retried).
+    #[arg(long, default_value_t = 8)]
+    pub operator_wait_secs: u64,
     /// The host's cgroup file system (/sys/fs/cgroup) as mounted into this container.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub mount_cgroup_root: PathBuf,
@@ -168,10 +180,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     ));
     if serve_controller {
+        let direct = backend::ClusterBackend {
+            cluster: cluster.clone(),
+        };
+        let backend: Arc<dyn backend::VolumeBackend> = match &cfg.dfs_cluster {
+            None => Arc::new(direct),
+            Some(dc) => {
+                let client = kube::Client::try_default().await.context(
+                    "--dfs-cluster needs the Kubernetes API (in-cluster config or KUBECONFIG)",
+                )?;
+                let ns = cfg
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string());
+                tracing::info!(cluster = %dc, namespace = %ns, "volumes are DfsVolume objects");
+                Arc::new(kube_backend::KubeBackend {
+                    inner: direct,
+                    volumes: kube::Api::namespaced(client.clone(), &ns),
+                    clusters: kube::Api::namespaced(client, &ns),
+                    cluster: dc.clone(),
+                    wait: Duration::from_secs(cfg.operator_wait_secs.max(1)),
+                })
+            }
+        };
         router = router.add_service(ControllerServer::new(controller::ControllerService {
-            backend: Arc::new(backend::ClusterBackend {
-                cluster: cluster.clone(),
-            }),
+            backend,
             cluster_name: cfg.cluster_name.clone(),
             default_capacity: cfg.default_capacity,
         }));

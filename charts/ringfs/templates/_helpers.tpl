@@ -35,3 +35,17 @@ app.kubernetes.io/component: operator
 {{- define "ringfs.image" -}}
 {{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
 {{- end -}}
+
+{{/*
+The ringfs node addresses the CSI driver connects to: csi.clusterAddress, else the
+client Service of csi.dfsCluster in the release namespace.
+*/}}
+{{- define "ringfs.csiClusterAddress" -}}
+{{- if .Values.csi.clusterAddress -}}
+{{- .Values.csi.clusterAddress -}}
+{{- else if .Values.csi.dfsCluster -}}
+{{- printf "%s.%s.svc.cluster.local:7420" .Values.csi.dfsCluster .Release.Namespace -}}
+{{- else -}}
+{{- fail "csi.clusterAddress or csi.dfsCluster is required when csi.enabled (the ringfs cluster the driver uses)" -}}
+{{- end -}}
+{{- end }}

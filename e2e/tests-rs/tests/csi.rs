@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Api;
-use ringfs_api::DfsCluster;
+use ringfs_api::{DfsCluster, DfsVolume, VolumePhase};
 use ringfs_e2e::{
     apply_json, busybox_image, cluster_json, condition, delete_pvs, dyn_api, helm_binary,
     helm_install, in_namespace, make_pvs, pod_phase, pod_ready, poll, random_suffix, ringfs_image,
@@ -196,6 +196,19 @@ async fn body(ns: &TestNamespace, class: &str, sc: &str, vsc: &str) -> Result<()
         "{a}\n{b}"
     );
     eprintln!("RWX: two pods wrote and read each other's files on {shared_pv}");
+    // The volume is a DfsVolume the operator reconciled: `kubectl get dfsvolumes` shows it.
+    let dfs_volumes: Api<DfsVolume> = ns.api();
+    let handle = volume_handle(&pvs, &shared_pv).await?;
+    let dv = dfs_volumes
+        .get(&handle)
+        .await
+        .with_context(|| format!("no DfsVolume {handle} for PVC shared"))?;
+    let st = dv.status.clone().unwrap_or_default();
+    ensure!(
+        st.phase == Some(VolumePhase::Bound) && st.capacity_bytes == Some(64 << 20),
+        "DfsVolume {handle}: {st:?}"
+    );
+    ensure!(dv.spec.cluster == "c", "DfsVolume {handle}: {:?}", dv.spec);
 
     // ReadWriteOnce, expanded online: the running pod's df sees the new size.
     create(&claims, pvc("single", sc, "64Mi", "ReadWriteOnce", None)).await?;
@@ -294,6 +307,19 @@ async fn body(ns: &TestNamespace, class: &str, sc: &str, vsc: &str) -> Result<()
     .await?;
     let out = succeeded(&pods, "check").await?;
     ensure!(out.contains("same"), "{out}");
+    let restored = dfs_volumes
+        .get(&volume_handle(&pvs, &restored_pv).await?)
+        .await?;
+    ensure!(
+        restored
+            .spec
+            .source
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+            .is_some(),
+        "the restored volume's DfsVolume does not name its snapshot: {:?}",
+        restored.spec
+    );
     eprintln!("snapshot restored into {restored_pv} with identical content");
 
     // The node plugin pod is deleted while an app writes: the FUSE daemon lives outside
@@ -379,7 +405,13 @@ async fn body(ns: &TestNamespace, class: &str, sc: &str, vsc: &str) -> Result<()
             "volume {h} still exists: {listed}"
         );
     }
-    eprintln!("PVCs deleted: volumes {handles:?} are gone from the cluster");
+    for h in &handles {
+        ensure!(
+            dfs_volumes.get_opt(h).await?.is_none(),
+            "DfsVolume {h} still exists after its PVC was deleted"
+        );
+    }
+    eprintln!("PVCs deleted: DfsVolumes and volumes {handles:?} are gone from the cluster");
     Ok(())
 }
 
@@ -442,7 +474,9 @@ async fn csi_volumes_in_pods() -> Result<()> {
                 &ns,
                 &[
                     "csi.enabled=true".into(),
-                    format!("csi.clusterAddress=c.{}.svc.cluster.local:7420", ns.name),
+                    // PVCs become DfsVolumes of DfsCluster c (its client Service is the
+                    // address the driver uses).
+                    "csi.dfsCluster=c".into(),
                     format!("csi.image.repository={repo}"),
                     format!("csi.image.tag={tag}"),
                     "csi.livenessProbe.enabled=false".into(),
