@@ -221,6 +221,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             node::NodeConfig {
                 node_id: cfg.node_id.clone().unwrap_or_else(hostname),
                 zone: cfg.zone.clone(),
+                cluster_name: cfg.cluster_name.clone(),
                 ringfs_bin: cfg.ringfs_bin.clone().unwrap_or_else(default_ringfs_bin),
                 seeds: cfg.cluster.clone(),
                 state_dir: cfg.state_dir.clone(),

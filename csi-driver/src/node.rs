@@ -19,10 +19,16 @@ use tracing::instrument;
 
 /// Topology key carrying the node's zone.
 pub const TOPOLOGY_ZONE_KEY: &str = "topology.csi.ringfs.io/zone";
+/// Topology key naming the ringfs cluster a node reaches. Every node of a cluster has the
+/// same value (volumes are reachable from all of them); it gives capacity tracking
+/// (CSIStorageCapacity) a segment to report the cluster's free space for.
+pub const TOPOLOGY_CLUSTER_KEY: &str = "topology.csi.ringfs.io/cluster";
 
 pub struct NodeConfig {
     pub node_id: String,
     pub zone: Option<String>,
+    /// The cluster's name (reported as topology when it is a valid label value).
+    pub cluster_name: String,
     /// The `ringfs` CLI that runs FUSE mounts.
     pub ringfs_bin: PathBuf,
     pub seeds: Vec<String>,
@@ -488,9 +494,17 @@ impl Node for NodeService {
         &self,
         _req: Request<NodeGetInfoRequest>,
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
-        let accessible_topology = self.cfg.zone.as_ref().map(|z| Topology {
-            segments: HashMap::from([(TOPOLOGY_ZONE_KEY.to_string(), z.clone())]),
-        });
+        let mut segments = HashMap::new();
+        if let Some(z) = &self.cfg.zone {
+            segments.insert(TOPOLOGY_ZONE_KEY.to_string(), z.clone());
+        }
+        if is_label_value(&self.cfg.cluster_name) {
+            segments.insert(
+                TOPOLOGY_CLUSTER_KEY.to_string(),
+                self.cfg.cluster_name.clone(),
+            );
+        }
+        let accessible_topology = (!segments.is_empty()).then_some(Topology { segments });
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.cfg.node_id.clone(),
             max_volumes_per_node: 0,
@@ -502,6 +516,18 @@ impl Node for NodeService {
 /// The path a volume is said to be mounted at, for the calls that ask about a mounted
 /// volume (stats, expand): a path that is not absolute cannot be one, so the volume is
 /// NOT_FOUND there (the spec's answer), not an invalid argument.
+/// A valid Kubernetes label value: at most 63 characters, alphanumerics with `-`, `_`
+/// and `.` inside.
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+}
+
 fn mounted_path(volume_id: &str, volume_path: &str) -> Result<std::path::PathBuf, Status> {
     if !std::path::Path::new(volume_path).is_absolute() {
         return Err(CsiError::NotFound(format!(
@@ -510,4 +536,20 @@ fn mounted_path(volume_id: &str, volume_path: &str) -> Result<std::path::PathBuf
         .into());
     }
     Ok(mounts::normalize(volume_path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_label_value;
+
+    #[test]
+    fn cluster_names_become_topology_only_when_valid_label_values() {
+        for ok in ["ringfs", "prod-1", "a.b_c", "x"] {
+            assert!(is_label_value(ok), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "-a", "a-", "a b", "ä", long.as_str()] {
+            assert!(!is_label_value(bad), "{bad}");
+        }
+    }
 }

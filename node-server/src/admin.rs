@@ -130,6 +130,11 @@ pub async fn join_local(node: &Node, r: JoinRequest) -> Result<JoinReply, Status
         }
         Some(_) => {}
     }
+    if known.is_some() {
+        // A member registering again has restarted: it may lack blocks written while it
+        // was away.
+        node.migration.request_catch_up(r.id);
+    }
     let voters: BTreeSet<u64> = node
         .raft
         .metrics()
@@ -255,7 +260,11 @@ impl AdminService for AdminServer {
 
     async fn health(&self, _req: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         let (ready, detail) = readiness(&self.node);
-        Ok(Response::new(HealthReply { ready, detail }))
+        Ok(Response::new(HealthReply {
+            ready,
+            detail,
+            boot_id: self.node.boot_id,
+        }))
     }
 
     #[instrument(skip_all, fields(node = req.get_ref().node_id, cancel = req.get_ref().cancel), err)]

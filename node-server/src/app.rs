@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         membership_lock: tokio::sync::Mutex::new(()),
         lease: Default::default(),
         migration: crate::migrate::Migration::new(config.migrate_bandwidth),
+        boot_id: rand::random::<u64>() | 1,
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

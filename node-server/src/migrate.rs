@@ -120,6 +120,9 @@ pub struct Migration {
     /// Puts hold it shared; a listing for a copy takes it exclusively for an instant, so
     /// that every put admitted under an older layout has landed before the listing.
     gate: Arc<RwLock<()>>,
+    /// Nodes that asked (by re-joining after a restart) to catch up; taken by the leader's
+    /// scheduler.
+    catch_up_requests: Mutex<BTreeSet<NodeId>>,
 }
 
 impl Migration {
@@ -129,7 +132,17 @@ impl Migration {
             counters: Counters::default(),
             throttle: Throttle::new(bandwidth),
             gate: Arc::new(RwLock::new(())),
+            catch_up_requests: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Has `node` pull every partition it owns from the other owners (see
+    /// `Sched::catch_up`): it restarted and may have missed writes while it was away.
+    pub fn request_catch_up(&self, node: NodeId) {
+        self.catch_up_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node);
     }
 
     pub fn progress(&self) -> Progress {
@@ -375,6 +388,17 @@ struct Sched {
     last_ok: HashMap<NodeId, Instant>,
     first_ok: HashMap<NodeId, Instant>,
     down_refused: HashSet<NodeId>,
+    /// Each node's boot id as last seen by this leader.
+    boots: HashMap<NodeId, u64>,
+    /// Nodes that failed a probe since they last answered.
+    missed: HashSet<NodeId>,
+    /// Nodes catching up: they restarted or were unreachable, so writes made meanwhile
+    /// (to a majority of the other replicas) may be missing on them. Every partition
+    /// they own is pulled from the other owners (a pull copies only missing blocks);
+    /// the node leaves this set when all are done. Until then the cluster reports the
+    /// partitions as under-replicated, so health-gated operations (rolling updates,
+    /// drains) wait.
+    catch_up: BTreeSet<NodeId>,
 }
 
 struct Outcome {
@@ -527,7 +551,24 @@ async fn round(
         .filter(|(_, st)| matches!(st, NodeState::Draining | NodeState::Drained))
         .map(|(n, _)| *n)
         .collect();
+    let asked = std::mem::take(
+        &mut *node
+            .migration
+            .catch_up_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for id in asked {
+        if newest.assignment.contains(&id) && s.catch_up.insert(id) {
+            info!(
+                node = id,
+                "node re-joined after a restart; it catches up on writes it may have missed"
+            );
+            s.done.retain(|(dest, _)| *dest != id);
+        }
+    }
     let (mut jobs, lost) = plan::plan(&v.live, &down, &draining);
+    add_catch_up(s, newest, &down, &mut jobs);
     // A partition not seen by any pull yet is estimated at the mean of those seen.
     let mean = match s.sizes.len() as u64 {
         0 => 0,
@@ -693,6 +734,53 @@ async fn round(
     Ok(())
 }
 
+/// Adds a pull of every partition a catching-up node owns in the newest layout (from the
+/// partition's other owners), unless the plan already has it or it is done; a node with
+/// nothing left to pull has caught up.
+fn add_catch_up(s: &mut Sched, newest: &Layout, down: &BTreeSet<NodeId>, jobs: &mut Vec<Job>) {
+    let nodes: Vec<NodeId> = s.catch_up.iter().copied().collect();
+    for n in nodes {
+        if down.contains(&n) {
+            continue;
+        }
+        let mut left = 0;
+        for p in 0..newest.partitions {
+            let owners = newest.replicas(p);
+            if !owners.contains(&n) {
+                continue;
+            }
+            if s.done.contains(&(n, p)) {
+                continue;
+            }
+            if jobs.iter().any(|j| j.dest == n && j.partition == p) {
+                left += 1;
+                continue;
+            }
+            let sources: Vec<NodeId> = owners
+                .iter()
+                .copied()
+                .filter(|o| *o != n && !down.contains(o))
+                .collect();
+            if sources.is_empty() {
+                // No other copy to compare with (RF 1, or the others are down).
+                continue;
+            }
+            left += 1;
+            jobs.push(Job {
+                dest: n,
+                partition: p,
+                class: JobClass::Repair,
+                sources,
+                est_bytes: 0,
+            });
+        }
+        if left == 0 {
+            info!(node = n, "node caught up");
+            s.catch_up.remove(&n);
+        }
+    }
+}
+
 /// The nodes each running transfer occupies (destination and possible sources).
 fn running_transfers(s: &Sched, jobs: &[Job]) -> Vec<Vec<NodeId>> {
     let mut per_dest: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
@@ -720,23 +808,41 @@ async fn detect_failures(node: &Arc<Node>, s: &mut Sched, v: &View) {
         let me = node.id;
         async move {
             if id == me {
-                return (id, true);
+                return (id, Some(0));
             }
-            let ok = match pool.get(&addr) {
-                Ok(ch) => tokio::time::timeout(
+            let boot = match pool.get(&addr) {
+                Ok(ch) => match tokio::time::timeout(
                     Duration::from_secs(1),
                     AdminServiceClient::new(ch).health(HealthRequest {}),
                 )
                 .await
-                .is_ok_and(|r| r.is_ok()),
-                Err(_) => false,
+                {
+                    Ok(Ok(r)) => Some(r.into_inner().boot_id),
+                    _ => None,
+                },
+                Err(_) => None,
             };
-            (id, ok)
+            (id, boot)
         }
     });
-    for (id, ok) in futures::future::join_all(probes).await {
+    let owners: BTreeSet<NodeId> = v
+        .live
+        .iter()
+        .flat_map(|l| l.assignment.iter().copied())
+        .collect();
+    for (id, boot) in futures::future::join_all(probes).await {
         let state = v.states.get(&id).copied().unwrap_or(NodeState::Active);
-        if ok {
+        if let Some(boot) = boot {
+            let restarted = boot != 0 && s.boots.insert(id, boot).is_some_and(|old| old != boot);
+            let was_away = s.missed.remove(&id);
+            if (restarted || was_away) && owners.contains(&id) && s.catch_up.insert(id) {
+                info!(
+                    node = id,
+                    restarted, "node is back; it catches up on writes it may have missed"
+                );
+                // Partitions it already pulled for this layout are pulled again.
+                s.done.retain(|(dest, _)| *dest != id);
+            }
             s.last_ok.insert(id, now);
             let first = *s.first_ok.entry(id).or_insert(now);
             if state == NodeState::Down && now.duration_since(first) >= UP_STABLE {
@@ -752,6 +858,7 @@ async fn detect_failures(node: &Arc<Node>, s: &mut Sched, v: &View) {
             continue;
         }
         s.first_ok.remove(&id);
+        s.missed.insert(id);
         // A node never seen answering by this leader gets the grace period from now.
         let last = *s.last_ok.entry(id).or_insert(now);
         // A drained node holds nothing the cluster needs: it may stop before removal.

@@ -32,6 +32,8 @@ pub struct Node {
     pub lease: LeaderLease,
     /// Migration, repair and scrub state (see `migrate`).
     pub migration: Arc<crate::migrate::Migration>,
+    /// Random per process start (reported by Health; see `migrate::detect_failures`).
+    pub boot_id: u64,
 }
 
 /// When a quorum last acknowledged this node as leader, as seen in Raft's metrics.

@@ -10,6 +10,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::CSIStorageCapacity;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::Api;
@@ -173,6 +174,26 @@ async fn body(ns: &TestNamespace, class: &str, sc: &str, vsc: &str) -> Result<()
     let pods: Api<Pod> = ns.api();
     let claims: Api<PersistentVolumeClaim> = ns.api();
     let pvs: Api<PersistentVolume> = Api::all(ns.client.clone());
+
+    // Capacity tracking: csi-provisioner publishes what GetCapacity reports for the class.
+    let caps: Api<CSIStorageCapacity> = ns.api();
+    let avail = poll(
+        "a CSIStorageCapacity object for the StorageClass",
+        || async {
+            Ok(caps
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|c| c.storage_class_name == sc)
+                .find_map(|c| c.capacity.map(|q| q.0))
+                // The first report may predate the nodes' registration; the provisioner
+                // refreshes it every minute.
+                .filter(|q| q != "0"))
+        },
+    )
+    .await?;
+    eprintln!("CSIStorageCapacity for {sc}: {avail}");
 
     // ReadWriteMany: two pods on one volume, each writes a file and checks the other's.
     create(&claims, pvc("shared", sc, "64Mi", "ReadWriteMany", None)).await?;
