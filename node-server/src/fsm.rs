@@ -1589,7 +1589,8 @@ fn write_slices(
         let list: Vec<Slice> = get(w, Tbl::Chunks, &key)?.unwrap_or_default();
         if list.len() + new.len() > MAX_SLICES_PER_CHUNK {
             return Ok(Err(FsError::Invalid(format!(
-                "chunk {chunk} of inode {ino} has too many slices; retry after compaction"
+                "chunk {chunk} of inode {ino} {}; retry after compaction",
+                ringfs_core::compact::TOO_MANY_SLICES
             ))));
         }
         updates.push((key, list, new));

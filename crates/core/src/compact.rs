@@ -13,6 +13,10 @@ use crate::slice::{resolve, Piece, Slice};
 /// A chunk with more slices than this is worth compacting.
 pub const COMPACT_THRESHOLD: usize = 32;
 
+/// Words of the error a write gets when its chunk already holds the most slices the
+/// state machine accepts; writers compact the chunk and retry on it.
+pub const TOO_MANY_SLICES: &str = "has too many slices";
+
 /// Zero gaps at most this long between data are rewritten as data (cheaper than an
 /// extra slice and an extra block fetch).
 pub const INLINE_ZERO_GAP: u32 = 1 << 20;

@@ -336,7 +336,13 @@ impl RingFs {
                 .map(|(off, d)| (*off, *off + d.len() as u64))
                 .collect();
             self.rt
-                .block_on(io::commit_extents(&self.vol, ino, ext))
+                .block_on(io::commit_extents(
+                    &self.vol,
+                    &self.blocks,
+                    &self.compacting,
+                    ino,
+                    ext,
+                ))
                 .map_err(|e| {
                     tracing::warn!(ino, error = %e, "committing buffered writes failed");
                     errno(&e)

@@ -66,7 +66,17 @@ fn split_blocks(data: Bytes) -> Vec<Bytes> {
 /// The extents' bytes are packed back to back into as few blocks as possible (random
 /// 4 KiB writes would otherwise cost one block, one upload and one file per write);
 /// each slice then names the blocks holding its bytes and where in them it starts.
-pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -> Result<Attr> {
+/// Chunks being compacted now, shared with the background compaction so that one chunk
+/// is never compacted twice at once.
+pub type Compacting = std::sync::Mutex<std::collections::HashSet<(Ino, u64)>>;
+
+pub async fn commit_extents(
+    vol: &Vol,
+    cache: &BlockCache,
+    compacting: &Compacting,
+    ino: Ino,
+    extents: Vec<(u64, Vec<u8>)>,
+) -> Result<Attr> {
     // (chunk, pos in chunk, len, offset in the packed stream) per slice.
     let mut layout = Vec::new();
     let mut packed = BytesMut::new();
@@ -90,7 +100,7 @@ pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -
         packed.extend_from_slice(&data);
     }
     let refs = upload(vol, split_blocks(packed.freeze())).await?;
-    let slices = layout
+    let slices: Vec<ChunkSlice> = layout
         .into_iter()
         .map(|(chunk, pos, len, start)| {
             let (skip, blocks) = blocks_for(&refs, start, u64::from(len));
@@ -105,17 +115,69 @@ pub async fn commit_extents(vol: &Vol, ino: Ino, extents: Vec<(u64, Vec<u8>)>) -
             }
         })
         .collect();
+    let chunks: std::collections::BTreeSet<u64> = slices.iter().map(|s| s.chunk).collect();
     let op = FsOp::Write {
         ino,
         slices,
         min_size,
     };
-    match vol.fs(op).await {
-        Ok(r) => expect_attr(r),
-        Err(e) => {
-            discard(vol, &refs).await;
-            Err(e)
+    // Small random writes can outrun the background compaction until a chunk holds the
+    // most slices the state machine accepts: then the writer compacts the chunk itself
+    // and retries (back-pressure), instead of failing the application's write.
+    let mut attempt = 0u32;
+    loop {
+        match vol.fs(op.clone()).await {
+            Ok(r) => return expect_attr(r),
+            Err(e) if too_many_slices(&e) && attempt < MAX_COMPACT_RETRIES => {
+                attempt += 1;
+                tracing::debug!(
+                    ino,
+                    attempt,
+                    "chunk full of slices: compacting before retrying"
+                );
+                for &c in &chunks {
+                    // Wait out a background compaction of the chunk, then compact it here.
+                    let mut waited = 0;
+                    while !compacting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((ino, c))
+                    {
+                        if waited >= 3000 {
+                            break;
+                        }
+                        waited += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    let res = compact_chunk(vol, cache, ino, c).await;
+                    compacting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(ino, c));
+                    if let Err(ce) = res {
+                        tracing::warn!(ino, chunk = c, error = %ce, "compaction before retry failed");
+                    }
+                }
+            }
+            Err(e) => {
+                discard(vol, &refs).await;
+                return Err(e);
+            }
         }
+    }
+}
+
+/// Retries of a write whose chunk was full of slices (each after compacting it).
+const MAX_COMPACT_RETRIES: u32 = 20;
+
+fn too_many_slices(e: &ClientError) -> bool {
+    use ringfs_core::compact::TOO_MANY_SLICES;
+    match e {
+        ClientError::Fs(ringfs_core::fs::FsError::Invalid(m)) => m.contains(TOO_MANY_SLICES),
+        ClientError::Rejected(s) => {
+            s.code() == tonic::Code::InvalidArgument && s.message().contains(TOO_MANY_SLICES)
+        }
+        _ => false,
     }
 }
 
