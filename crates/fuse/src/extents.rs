@@ -19,6 +19,11 @@ impl Extents {
     }
 
     /// Buffered bytes.
+    /// Separate extents held (each becomes at least one slice when committed).
+    pub fn count(&self) -> usize {
+        self.map.len()
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

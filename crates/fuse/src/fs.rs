@@ -40,6 +40,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
+/// Separate dirty extents that trigger a commit: each commit then adds at most about this
+/// many slices to a chunk, well below the state machine's limit per chunk (4096), which a
+/// writer meets only after several commits and answers by compacting (see
+/// `io::commit_extents`). Without it, scattered small writes buffered up to the byte
+/// threshold could make one commit the state machine can never accept.
+const MAX_DIRTY_EXTENTS: usize = 1024;
+
 /// Bound on the per-chunk commit counters (compaction) and clean-file versions
 /// (keep_cache) kept; past it they are forgotten, which only costs an optimisation.
 const MAX_COMMIT_COUNTERS: usize = 100_000;
@@ -900,7 +907,7 @@ impl fuser::Filesystem for RingFs {
             }
             st.dirty.write(offset, data);
         }
-        if st.pending() >= self.opts.flush_threshold {
+        if st.pending() >= self.opts.flush_threshold || st.dirty.count() >= MAX_DIRTY_EXTENTS {
             if let Err(e) = self.flush_state(ino, &mut st) {
                 return reply.error(e);
             }
