@@ -526,6 +526,7 @@ fn scattered_small_writes_beyond_the_slice_limit_all_land() {
     const N: u64 = 10_000;
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
