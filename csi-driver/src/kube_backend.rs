@@ -50,6 +50,14 @@ fn ready_message(dv: &DfsVolume) -> String {
 }
 
 impl KubeBackend {
+    /// DfsVolume `name`, if it exists.
+    async fn fetch(&self, name: &str) -> Result<Option<DfsVolume>> {
+        self.volumes
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_err("reading the DfsVolume", e))
+    }
+
     async fn replication(&self, asked: u32) -> Result<u32> {
         if asked > 0 {
             return Ok(asked);
@@ -93,11 +101,7 @@ impl KubeBackend {
                 },
             }),
         };
-        let existing = self
-            .volumes
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_err("reading the DfsVolume", e))?;
+        let existing = self.fetch(name).await?;
         match &existing {
             Some(dv) if !spec_matches(&dv.spec, &spec) => {
                 return Err(CsiError::AlreadyExists(format!(
@@ -151,14 +155,9 @@ impl KubeBackend {
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            let dv = self
-                .volumes
-                .get_opt(name)
-                .await
-                .map_err(|e| kube_err("reading the DfsVolume", e))?
-                .ok_or_else(|| {
-                    CsiError::Aborted(format!("DfsVolume {name} disappeared while being {what}"))
-                })?;
+            let dv = self.fetch(name).await?.ok_or_else(|| {
+                CsiError::Aborted(format!("DfsVolume {name} disappeared while being {what}"))
+            })?;
             if let Some(r) = done(&dv) {
                 return r;
             }
@@ -184,12 +183,7 @@ impl VolumeBackend for KubeBackend {
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
-        let exists = self
-            .volumes
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_err("reading the DfsVolume", e))?
-            .is_some();
+        let exists = self.fetch(name).await?.is_some();
         if !exists {
             // Not made through a DfsVolume (or already gone): delete it directly.
             return self.inner.delete(name).await;
@@ -201,11 +195,7 @@ impl VolumeBackend for KubeBackend {
         }
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            let left = self
-                .volumes
-                .get_opt(name)
-                .await
-                .map_err(|e| kube_err("reading the DfsVolume", e))?;
+            let left = self.fetch(name).await?;
             match left {
                 None => return Ok(()),
                 Some(dv) if tokio::time::Instant::now() >= deadline => {
@@ -224,12 +214,7 @@ impl VolumeBackend for KubeBackend {
     }
 
     async fn resize(&self, name: &str, capacity: u64) -> Result<VolumeInfo> {
-        let exists = self
-            .volumes
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_err("reading the DfsVolume", e))?
-            .is_some();
+        let exists = self.fetch(name).await?.is_some();
         if !exists {
             return self.inner.resize(name, capacity).await;
         }
