@@ -104,6 +104,24 @@ impl Extents {
         }
     }
 
+    /// A copy of the buffered bytes inside `[off, off + len)`, for overlaying later.
+    pub fn copy_range(&self, off: u64, len: u64) -> Extents {
+        let end = off.saturating_add(len);
+        let mut out = Extents::default();
+        for (&s, d) in self.map.range(..end) {
+            let e = s + d.len() as u64;
+            if e <= off {
+                continue;
+            }
+            let a = s.max(off);
+            let b = e.min(end);
+            let part = d[(a - s) as usize..(b - s) as usize].to_vec();
+            out.bytes += part.len();
+            out.map.insert(a, part);
+        }
+        out
+    }
+
     /// Removes and returns every extent, in offset order.
     pub fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
         self.bytes = 0;

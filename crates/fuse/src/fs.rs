@@ -107,7 +107,13 @@ struct FileState {
     opened_at: Option<Version>,
     /// Written through this mount since the first open.
     wrote: bool,
+    /// Where the last read ended (see [`SEQUENTIAL_WINDOW`]).
+    read_end: u64,
 }
+
+/// A read starting this close to where the previous one ended counts as sequential.
+/// The kernel's readahead sends several reads at once, which arrive out of order.
+const SEQUENTIAL_WINDOW: u64 = 2 << 20;
 
 /// What identifies a file's content from outside: size, mtime and ctime (every commit
 /// and every attribute change moves ctime).
@@ -840,36 +846,76 @@ impl fuser::Filesystem for RingFs {
         reply: ReplyData,
     ) {
         let ino = ino.0;
-        // A read always follows an open, so the state exists; holding its lock makes
-        // the read atomic with respect to this mount's writes to the file.
         let f = self.file(ino);
-        let mut st = lock(&f);
-        if !st.append.is_empty() {
-            if let Err(e) = self.flush_state(ino, &mut st) {
-                return reply.error(e);
+        let mut retried = false;
+        loop {
+            // Under the file's lock: buffered appends are committed, the slice lists
+            // are read, and the buffered writes the range overlaps are copied. The
+            // blocks are fetched after the lock is released (blocks are immutable), so
+            // reads of one file run in parallel and the result is the file as of that
+            // moment, this mount's writes included.
+            let (plan, dirty, dirty_end, mode) = {
+                let mut st = lock(&f);
+                if !st.append.is_empty() {
+                    if let Err(e) = self.flush_state(ino, &mut st) {
+                        return reply.error(e);
+                    }
+                }
+                let plan = match self.rt.block_on(io::plan_read(
+                    &self.vol,
+                    &mut st.chunks,
+                    ino,
+                    offset,
+                    u64::from(size),
+                )) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(ino, offset, size, error = %e, "read failed");
+                        return reply.error(stale(errno(&e)));
+                    }
+                };
+                // Reads near where the last one ended are sequential: a cache miss then
+                // fetches the rest of the block, not only the segments this read needs.
+                let mode = if offset.abs_diff(st.read_end) <= SEQUENTIAL_WINDOW {
+                    io::Fetch::ToEnd
+                } else {
+                    io::Fetch::Needed
+                };
+                st.read_end = offset + u64::from(size);
+                let dirty =
+                    (!st.dirty.is_empty()).then(|| st.dirty.copy_range(offset, u64::from(size)));
+                (plan, dirty, st.dirty.end(), mode)
+            };
+            let mut data =
+                match self
+                    .rt
+                    .block_on(io::fetch_plan(&self.vol, &self.blocks, plan.pieces, mode))
+                {
+                    Ok(d) => d,
+                    // The slice lists may name blocks that a compaction or another mount's
+                    // overwrite released and the janitor deleted: read the lists again.
+                    Err(e) if !retried && !plan.chunks.is_empty() => {
+                        tracing::debug!(ino, error = %e, "re-reading the chunks of a failed read");
+                        let mut st = lock(&f);
+                        for c in &plan.chunks {
+                            st.chunks.remove(c);
+                        }
+                        retried = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(ino, offset, size, error = %e, "read failed");
+                        return reply.error(stale(errno(&e)));
+                    }
+                };
+            if let Some(dirty) = dirty {
+                let visible = plan.committed.max(dirty_end);
+                let end = visible.min(offset + u64::from(size));
+                data.resize(end.saturating_sub(offset) as usize, 0);
+                dirty.overlay(offset, &mut data);
             }
+            return reply.data(&data);
         }
-        let (mut data, committed) = match self.rt.block_on(io::read_committed(
-            &self.vol,
-            &self.blocks,
-            &mut st.chunks,
-            ino,
-            offset,
-            u64::from(size),
-        )) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(ino, offset, size, error = %e, "read failed");
-                return reply.error(stale(errno(&e)));
-            }
-        };
-        if !st.dirty.is_empty() {
-            let visible = committed.max(st.dirty.end());
-            let end = visible.min(offset + u64::from(size));
-            data.resize(end.saturating_sub(offset) as usize, 0);
-            st.dirty.overlay(offset, &mut data);
-        }
-        reply.data(&data)
     }
 
     fn write(

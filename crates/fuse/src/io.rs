@@ -221,48 +221,15 @@ pub async fn commit_append(vol: &Vol, ino: Ino, data: Vec<u8>) -> Result<Attr> {
     }
 }
 
-/// Recently read whole blocks. Blocks are immutable, so a cached block can never be
-/// stale: no invalidation exists or is needed. Small reads (the kernel reads 128 KiB at
-/// a time) then cost one block fetch per block instead of one per read.
-pub struct BlockCache {
-    cap_bytes: usize,
-    inner: std::sync::Mutex<std::collections::VecDeque<(BlockId, Bytes)>>,
-}
+pub use crate::cache::{BlockCache, Fetch};
 
-impl BlockCache {
-    pub fn new(cap_bytes: usize) -> BlockCache {
-        BlockCache {
-            cap_bytes,
-            inner: Default::default(),
-        }
-    }
-
-    fn get(&self, id: &BlockId) -> Option<Bytes> {
-        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let i = q.iter().position(|(b, _)| b == id)?;
-        let e = q.remove(i)?;
-        let data = e.1.clone();
-        q.push_back(e);
-        Some(data)
-    }
-
-    fn put(&self, id: BlockId, data: Bytes) {
-        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if q.iter().any(|(b, _)| *b == id) {
-            return;
-        }
-        q.push_back((id, data));
-        let mut total: usize = q.iter().map(|(_, d)| d.len()).sum();
-        while total > self.cap_bytes {
-            match q.pop_front() {
-                Some((_, d)) => total -= d.len(),
-                None => break,
-            }
-        }
-    }
-}
-
-async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) -> Result<Bytes> {
+async fn read_piece(
+    vol: &Vol,
+    cache: &BlockCache,
+    view: &LayoutView,
+    p: Piece,
+    mode: Fetch,
+) -> Result<Bytes> {
     match p {
         Piece::Zero { len, .. } => Ok(Bytes::from(vec![0u8; len as usize])),
         Piece::Data {
@@ -271,40 +238,36 @@ async fn read_piece(vol: &Vol, cache: &BlockCache, view: &LayoutView, p: Piece) 
             block_off,
             ..
         } => {
-            let whole = match cache.get(&block.id) {
-                Some(d) => d,
-                None => {
-                    let mut replicas = vol.cluster.read_replicas(view, &block.id);
-                    if replicas.is_empty() {
-                        let fresh = vol.cluster.refresh_layout().await?;
-                        replicas = vol.cluster.read_replicas(&fresh, &block.id);
+            cache
+                .read(&block, block_off, len, mode, |a, b| {
+                    async move {
+                        let mut replicas = vol.cluster.read_replicas(view, &block.id);
+                        if replicas.is_empty() {
+                            let fresh = vol.cluster.refresh_layout().await?;
+                            replicas = vol.cluster.read_replicas(&fresh, &block.id);
+                        }
+                        let d = vol.cluster.io.get(&replicas, &block, a, b - a).await?;
+                        // Copies this read found corrupt or missing are re-written now,
+                        // so a mount that reads a damaged block also heals it.
+                        vol.repair_bad_copies(view, &block).await;
+                        Ok(d)
                     }
-                    let d = vol.cluster.io.get(&replicas, &block, 0, 0).await?;
-                    // Copies this read found corrupt or missing are re-written now, so
-                    // a mount that reads a damaged block also heals it.
-                    vol.repair_bad_copies(view, &block).await;
-                    cache.put(block.id, d.clone());
-                    d
-                }
-            };
-            let (a, b) = (block_off as usize, block_off as usize + len as usize);
-            if b > whole.len() {
-                return Err(ClientError::Protocol(format!(
-                    "block {} holds {} bytes, a slice reads up to {b}",
-                    block.id,
-                    whole.len()
-                )));
-            }
-            Ok(whole.slice(a..b))
+                })
+                .await
         }
     }
 }
 
-async fn read_pieces(vol: &Vol, cache: &BlockCache, pieces: Vec<Piece>) -> Result<Vec<Bytes>> {
+async fn read_pieces(
+    vol: &Vol,
+    cache: &BlockCache,
+    pieces: Vec<Piece>,
+    mode: Fetch,
+) -> Result<Vec<Bytes>> {
     let view = vol.cluster.layout().await?;
     stream::iter(pieces.into_iter().map(|p| {
         let view = view.clone();
-        async move { read_piece(vol, cache, &view, p).await }
+        async move { read_piece(vol, cache, &view, p, mode).await }
     }))
     .buffered(DOWNLOAD_PARALLELISM)
     .try_collect()
@@ -331,7 +294,13 @@ pub async fn compact_chunk(vol: &Vol, cache: &BlockCache, ino: Ino, chunk: u64) 
     let mut uploaded: Vec<BlockRef> = Vec::new();
     for run in compact::plan(&slices) {
         let res = async {
-            let parts = read_pieces(vol, cache, resolve(&slices, run.pos, run.end())).await?;
+            let parts = read_pieces(
+                vol,
+                cache,
+                resolve(&slices, run.pos, run.end()),
+                Fetch::ToEnd,
+            )
+            .await?;
             let mut data = BytesMut::with_capacity(run.len as usize);
             for p in parts {
                 data.extend_from_slice(&p);
@@ -379,21 +348,32 @@ pub async fn compact_chunk(vol: &Vol, cache: &BlockCache, ino: Ino, chunk: u64) 
 /// owner clears it at first open and after every commit or truncate.
 pub type ChunkCache = HashMap<u64, (u64, Arc<Vec<Slice>>)>;
 
-/// Reads committed data of `ino` in `[off, off + size)`, stopping at the committed
-/// size. Returns the bytes and the committed size seen by the first chunk read.
-pub async fn read_committed(
+/// What a read of committed data needs: the pieces covering the range (clipped to the
+/// committed size) and the chunks whose slice lists they came from.
+pub struct ReadPlan {
+    pub pieces: Vec<Piece>,
+    /// The committed size seen by the first chunk read.
+    pub committed: u64,
+    pub chunks: Vec<u64>,
+}
+
+/// Plans a read of `[off, off + size)` of `ino` from the slice lists in `chunks`,
+/// reading (and caching) the lists it lacks.
+pub async fn plan_read(
     vol: &Vol,
-    cache: &BlockCache,
     chunks: &mut ChunkCache,
     ino: Ino,
     off: u64,
     size: u64,
-) -> Result<(Vec<u8>, u64)> {
+) -> Result<ReadPlan> {
     let want_end = off.saturating_add(size);
-    let mut out = BytesMut::with_capacity(size as usize);
+    let mut plan = ReadPlan {
+        pieces: Vec::new(),
+        committed: 0,
+        chunks: Vec::new(),
+    };
     let mut committed: Option<u64> = None;
     let mut pos = off;
-    let mut retried = false;
     loop {
         let chunk = pos / CHUNK_SIZE;
         let (size, slices) = match chunks.get(&chunk) {
@@ -417,24 +397,29 @@ pub async fn read_committed(
         }
         let base = chunk * CHUNK_SIZE;
         let end = want_end.min(csize).min(base + CHUNK_SIZE);
-        let pieces = resolve(&slices, (pos - base) as u32, (end - base) as u32);
-        let parts = match read_pieces(vol, cache, pieces).await {
-            Ok(p) => p,
-            // The cached slice list may name blocks that a compaction or another
-            // mount's overwrite released and the janitor deleted: read the list again.
-            Err(e) if !retried && chunks.remove(&chunk).is_some() => {
-                tracing::debug!(ino, chunk, error = %e, "re-reading a changed chunk");
-                retried = true;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
+        plan.pieces
+            .extend(resolve(&slices, (pos - base) as u32, (end - base) as u32));
+        plan.chunks.push(chunk);
         pos = end;
     }
-    Ok((out.to_vec(), committed.unwrap_or(0)))
+    plan.committed = committed.unwrap_or(0);
+    Ok(plan)
+}
+
+/// Fetches the data of a plan's pieces, in order.
+pub async fn fetch_plan(
+    vol: &Vol,
+    cache: &BlockCache,
+    plan: Vec<Piece>,
+    mode: Fetch,
+) -> Result<Vec<u8>> {
+    let total: u64 = plan.iter().map(|p| u64::from(p.len())).sum();
+    let parts = read_pieces(vol, cache, plan, mode).await?;
+    let mut out = Vec::with_capacity(total as usize);
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

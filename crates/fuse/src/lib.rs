@@ -3,6 +3,7 @@
 //! See [`fs`] for the consistency model (local-disk semantics inside one mount,
 //! close-to-open across mounts) and the write path.
 
+pub mod cache;
 pub mod extents;
 pub mod fs;
 pub mod io;
