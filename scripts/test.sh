@@ -97,6 +97,13 @@ timeout 300 "$RINGFS" --cluster "$SEEDS" rebalance status --watch
 "$RINGFS" --cluster "$SEEDS" get default:/smoke "$DEV_DIR/out3"
 cmp "$DEV_DIR/in" "$DEV_DIR/out3"
 cmp "$DEV_DIR/in2" "$DEV_DIR/mnt/sub/via-mount"
+# Stop and resume (data kept): the nodes come back on the addresses they had, even
+# with --base-port 0, and the data and the mount are back.
+"$RINGFS" dev down --dir "$DEV_DIR/c"
+"$RINGFS" dev up --nodes 3 --dir "$DEV_DIR/c" --base-port 0 --mount "$DEV_DIR/mnt"
+cmp "$DEV_DIR/in" "$DEV_DIR/mnt/smoke"
+"$RINGFS" --cluster "$SEEDS" get default:/sub/via-mount "$DEV_DIR/out4"
+cmp "$DEV_DIR/in2" "$DEV_DIR/out4"
 "$RINGFS" dev down --dir "$DEV_DIR/c" --purge
 if grep -q " $DEV_DIR/mnt fuse" /proc/mounts; then
     echo "dev down left $DEV_DIR/mnt mounted" >&2

@@ -99,6 +99,9 @@ impl DevState {
 }
 
 fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false; // a stopped node (see `down`)
+    }
     // A zombie still has a /proc entry; check its state too.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s
@@ -322,11 +325,17 @@ async fn spawn_node(
     base_port: u16,
     capacity: u64,
     seeds: &[String],
+    previous: Option<&DevNode>,
 ) -> Result<DevNode> {
     let data_dir = dir.join(format!("node-{i}"));
     std::fs::create_dir_all(&data_dir)?;
     let _ = std::fs::remove_file(data_dir.join("ADDR"));
-    let (listen, http) = if base_port == 0 {
+    // A node that ran here before keeps its addresses: the cluster's Raft membership
+    // and layout name them (with --base-port 0 a restart would otherwise pick new free
+    // ports that no other node knows).
+    let (listen, http) = if let Some(p) = previous {
+        (p.addr.clone(), p.http.clone())
+    } else if base_port == 0 {
         ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
     } else {
         let p = base_port as u32 + 2 * (i - 1);
@@ -431,7 +440,7 @@ pub async fn add_node(dir: &Path, capacity: &str) -> Result<()> {
         .find(|n| n.id == 1)
         .and_then(|n| n.addr.rsplit(':').next()?.parse::<u16>().ok())
         .unwrap_or(0);
-    let node = spawn_node(&node_binary(), &dir, i, base_port, capacity, &seeds).await?;
+    let node = spawn_node(&node_binary(), &dir, i, base_port, capacity, &seeds, None).await?;
     println!(
         "started node {id} at {} (log {})",
         node.addr,
@@ -470,6 +479,7 @@ async fn up(
     let capacity = ringfs_core::units::parse_size(capacity)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    let mut previous: Vec<DevNode> = Vec::new();
     if let Ok(mut state) = DevState::load(&dir) {
         if state.nodes.iter().all(|n| alive(n.pid)) && !state.nodes.is_empty() {
             println!(
@@ -490,6 +500,7 @@ async fn up(
                 dir.display()
             );
         }
+        previous = state.nodes;
     }
     let bin = node_binary();
     let mut state = DevState {
@@ -498,7 +509,8 @@ async fn up(
     };
     let mut seeds: Vec<String> = Vec::new();
     for i in 1..=n {
-        let node = spawn_node(&bin, &dir, i, base_port, capacity, &seeds).await?;
+        let prev = previous.iter().find(|p| p.id == u64::from(i));
+        let node = spawn_node(&bin, &dir, i, base_port, capacity, &seeds, prev).await?;
         let addr = node.addr.clone();
         seeds.push(addr.clone());
         state.nodes.push(node);
@@ -609,7 +621,14 @@ async fn down(dir: &Path, purge: bool) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         println!("stopped the dev cluster and deleted {}", dir.display());
     } else {
-        let _ = std::fs::remove_file(DevState::file(dir));
+        // The state stays, with no processes: a resume starts each node on the
+        // addresses the cluster knows it by.
+        let mut stopped = state.clone();
+        stopped.mount = None;
+        for n in &mut stopped.nodes {
+            n.pid = 0;
+        }
+        stopped.save(dir)?;
         println!(
             "stopped the dev cluster; data kept in {} (`ringfs dev up` resumes it)",
             dir.display()
