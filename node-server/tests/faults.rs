@@ -198,7 +198,10 @@ async fn read_key(vol: &Vol, shared: &Shared, key: &str) -> Option<FileOp> {
     }
 }
 
-async fn worker(w: u64, seed: u64, vol: Vol, ns_dir: Ino, shared: Arc<Shared>) {
+/// `vol` serves the file operations (its client retries, so a refusal may follow the
+/// request's own success: file errors are unknown outcomes); `ns_vol` the namespace
+/// operations, through a client that never retries.
+async fn worker(w: u64, seed: u64, vol: Vol, ns_vol: Vol, ns_dir: Ino, shared: Arc<Shared>) {
     let mut rng = Rng(seed ^ (w.wrapping_mul(0xA24B_AED4_963E_E407)));
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -293,35 +296,54 @@ async fn worker(w: u64, seed: u64, vol: Vol, ns_dir: Ino, shared: Arc<Shared>) {
                     },
                 ),
             };
-            let r = timed(vol.fs(fsop)).await;
+            let r = timed(ns_vol.fs(fsop)).await;
             let complete = shared.now();
-            let mut rec = shared.rec.lock().unwrap();
-            let entry = |op, complete| Entry {
-                process: w,
-                op,
-                invoke,
-                complete,
-            };
-            match (kind, r) {
-                ("lookup", Some(Ok(_))) => {
-                    rec.counts.add(kind, "ok");
-                    rec.ns.push(entry(NsOp::Lookup(a, true), Some(complete)));
+            let unknown = matches!(&r, None | Some(Err(_)));
+            {
+                let mut rec = shared.rec.lock().unwrap();
+                let entry = |op, complete| Entry {
+                    process: w,
+                    op,
+                    invoke,
+                    complete,
+                };
+                let refused = |e: &ClientError| {
+                    matches!(e, ClientError::Fs(FsError::Exists | FsError::NotFound))
+                };
+                match (kind, r) {
+                    // The namespace client makes one attempt per call (no retries), so a
+                    // refusal is a definite answer of the state machine: an observation.
+                    ("mkdir", Some(Err(e))) if refused(&e) => {
+                        rec.counts.add(kind, "refused");
+                        rec.ns.push(entry(NsOp::Lookup(a, true), Some(complete)));
+                    }
+                    ("rmdir" | "rename", Some(Err(e))) if refused(&e) => {
+                        rec.counts.add(kind, "refused");
+                        rec.ns.push(entry(NsOp::Lookup(a, false), Some(complete)));
+                    }
+                    ("lookup", Some(Ok(_))) => {
+                        rec.counts.add(kind, "ok");
+                        rec.ns.push(entry(NsOp::Lookup(a, true), Some(complete)));
+                    }
+                    ("lookup", Some(Err(ClientError::Fs(FsError::NotFound)))) => {
+                        rec.counts.add(kind, "ok");
+                        rec.ns.push(entry(NsOp::Lookup(a, false), Some(complete)));
+                    }
+                    ("lookup", _) => rec.counts.add(kind, "fail"),
+                    (_, Some(Ok(_))) => {
+                        rec.counts.add(kind, "ok");
+                        rec.ns.push(entry(op, Some(complete)));
+                    }
+                    (_, _) => {
+                        // No answer, or no leader: it may still be applied.
+                        rec.counts.add(kind, "unknown");
+                        rec.ns.push(entry(op, None));
+                    }
                 }
-                ("lookup", Some(Err(ClientError::Fs(FsError::NotFound)))) => {
-                    rec.counts.add(kind, "ok");
-                    rec.ns.push(entry(NsOp::Lookup(a, false), Some(complete)));
-                }
-                ("lookup", _) => rec.counts.add(kind, "fail"),
-                (_, Some(Ok(_))) => {
-                    rec.counts.add(kind, "ok");
-                    rec.ns.push(entry(op, Some(complete)));
-                }
-                (_, _) => {
-                    // Refused (e.g. Exists) or no answer: refusals of a retried request
-                    // may follow its own success, so the outcome is unknown.
-                    rec.counts.add(kind, "unknown");
-                    rec.ns.push(entry(op, None));
-                }
+            }
+            if unknown {
+                // Without retries a client would spin while the cluster has no leader.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -558,8 +580,23 @@ async fn faults_history_is_linearizable() {
         rec: Mutex::new(Recorder::default()),
         stop: AtomicBool::new(false),
     });
+    let mut ns_client = Cluster::new(c.seeds()).unwrap();
+    Arc::get_mut(&mut ns_client).unwrap().retry_budget = Duration::ZERO;
+    let ns_vol = Vol {
+        cluster: ns_client,
+        ..vol.clone()
+    };
     let workers: Vec<_> = (0..WORKERS)
-        .map(|w| tokio::spawn(worker(w + 1, seed, vol.clone(), ns_dir, shared.clone())))
+        .map(|w| {
+            tokio::spawn(worker(
+                w + 1,
+                seed,
+                vol.clone(),
+                ns_vol.clone(),
+                ns_dir,
+                shared.clone(),
+            ))
+        })
         .collect();
 
     // The nemesis: every kind once in a seeded order, then random kinds, until time is up.
@@ -688,8 +725,9 @@ async fn faults_history_is_linearizable() {
         eprintln!("  {kind} {outcome}: {n}");
     }
     eprintln!(
-        "operations: {} ok, {} failed (reads without effect), {} unknown outcome",
+        "operations: {} ok, {} refused (checked as observations), {} failed (reads without effect), {} unknown outcome",
         rec.counts.outcome("ok"),
+        rec.counts.outcome("refused"),
         rec.counts.outcome("fail"),
         rec.counts.outcome("unknown")
     );
