@@ -59,6 +59,23 @@ cargo test -p ringfs-node --locked --test snapshots -- --test-threads=1 --nocapt
 stage "membership tests (join, drain, remove, node loss, scrub; real node processes)"
 cargo test -p ringfs-node --locked --test membership -- --test-threads=1 --nocapture
 
+# ---- fault injection (issue 8) ------------------------------------------------------
+stage "fault injection (5 nodes in network namespaces; history checked for lost writes and linearizability)"
+# Needs root, ip/tc (iproute2) and iptables. RINGFS_FAULTS_SECS (default 90) makes it
+# longer, RINGFS_FAULTS_SEED replays a printed schedule.
+fault_pkgs=()
+command -v ip >/dev/null 2>&1 || fault_pkgs+=(iproute2)
+command -v tc >/dev/null 2>&1 || fault_pkgs+=(iproute2)
+command -v iptables >/dev/null 2>&1 || fault_pkgs+=(iptables)
+if ((${#fault_pkgs[@]})); then
+    echo "installing Debian packages: ${fault_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${fault_pkgs[@]}"
+fi
+cargo test -p ringfs-node --locked --test faults -- --test-threads=1 --nocapture
+# ---- end of fault injection ----------------------------------------------------------
+
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)
 RINGFS="$CARGO_TARGET_DIR/debug/ringfs"

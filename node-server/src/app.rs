@@ -146,13 +146,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(crate::scrub::run(node.clone(), shutdown_rx.clone()));
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let fatal = tokio::select! {
+        _ = wait_for_signal() => None,
+        reason = raft_fatal(raft.clone()) => Some(reason),
+    };
+    if let Some(reason) = &fatal {
+        // The Raft core stops for good on a storage error (a full or failing disk: redb
+        // then refuses every later transaction too). Staying up would leave a node that
+        // answers but can never serve or vote again; exiting lets the supervisor restart
+        // it, and a restart reopens the stores once the disk has room.
+        tracing::error!(%reason, "Raft stopped on a fatal error; exiting");
+    } else {
+        tracing::info!("shutting down");
+    }
     let _ = shutdown_tx.send(true);
     let _ = raft.shutdown().await;
     let _ = grpc_task.await;
     let _ = http_task.await;
-    Ok(())
+    match fatal {
+        Some(reason) => anyhow::bail!("Raft stopped on a fatal error: {reason}"),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the Raft core has stopped on a fatal error, with its description.
+async fn raft_fatal(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core stopped".to_string();
+        }
+    }
 }
 
 async fn wait_for_signal() {

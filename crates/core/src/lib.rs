@@ -6,6 +6,7 @@
 pub mod compact;
 pub mod error;
 pub mod fs;
+pub mod history;
 pub mod ids;
 pub mod layout;
 pub mod migrate;
