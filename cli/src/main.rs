@@ -1,5 +1,6 @@
 //! `ringfs`: the command line for ringfs clusters.
 
+mod certs;
 mod commands;
 mod dev;
 mod mount;
@@ -22,6 +23,15 @@ struct Cli {
     /// Print machine-readable JSON where supported.
     #[arg(long, global = true)]
     json: bool,
+    /// Mutual TLS: a directory with ca.crt, tls.crt and tls.key (a client or admin
+    /// certificate of the cluster's CA). Defaults to the admin certificate of the local dev
+    /// cluster when --cluster is not given and `ringfs dev up` runs with TLS.
+    #[arg(long, global = true, env = "RINGFS_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A file with the admin token, for clusters run without TLS but with
+    /// --admin-token-file.
+    #[arg(long, global = true, env = "RINGFS_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -60,6 +70,10 @@ pub(crate) enum Cmd {
     Mount(mount::MountArgs),
     /// Unmount a ringfs mount point.
     Umount(mount::UmountArgs),
+    /// Certificates for mutual TLS: a cluster CA, and node, admin and client
+    /// certificates it signs.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// Remove a file or empty directory (`-r`: recursively).
     Rm {
         path: String,
@@ -77,11 +91,14 @@ pub fn default_dev_dir() -> PathBuf {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = ringfs_telemetry::init_with_service("warn", "ringfs");
+    let security = commands::Security::resolve(cli.tls_dir, cli.admin_token_file, &cli.cluster);
     let result = match cli.cmd {
         Cmd::Dev(cmd) => dev::run(cmd).await,
+        Cmd::Certs(cmd) => certs::run(cmd),
         Cmd::Mount(a) => {
             mount::mount(
                 commands::resolve_seeds(cli.cluster),
+                security,
                 a.volume,
                 a.dir,
                 a.opts,
@@ -91,7 +108,7 @@ async fn main() -> ExitCode {
         Cmd::Umount(a) => mount::umount(a.dir, a.lazy).await,
         other => {
             let seeds = commands::resolve_seeds(cli.cluster);
-            commands::run(other, seeds, cli.json).await
+            commands::run(other, seeds, security, cli.json).await
         }
     };
     match result {
