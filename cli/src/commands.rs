@@ -108,8 +108,9 @@ pub fn resolve_seeds(given: Vec<String>) -> Vec<String> {
     vec!["127.0.0.1:7420".into()]
 }
 
-/// The credentials the CLI presents: `--tls-dir` / `--admin-token-file`, or else (when no
-/// --cluster is given) the admin certificate of the local dev cluster if it runs with TLS.
+/// The credentials the CLI presents: `--tls-dir` / `--admin-token-file`, or else the admin
+/// certificate of the local dev cluster (`./ringfs-dev`) when it runs with TLS and the
+/// addresses used are its nodes'.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     pub tls_dir: Option<PathBuf>,
@@ -122,11 +123,16 @@ impl Security {
         admin_token_file: Option<PathBuf>,
         cluster: &[String],
     ) -> Security {
+        // The dev cluster's certificate is used only for that cluster: no --cluster, or
+        // addresses that are all its nodes (e.g. RINGFS_CLUSTER as `dev up` printed it).
         let tls_dir = tls_dir.or_else(|| {
-            if !cluster.is_empty() {
+            let state = crate::dev::DevState::load(&crate::default_dev_dir()).ok()?;
+            let ours = cluster
+                .iter()
+                .all(|a| state.nodes.iter().any(|n| n.addr == a.trim()));
+            if !ours {
                 return None;
             }
-            let state = crate::dev::DevState::load(&crate::default_dev_dir()).ok()?;
             Some(state.tls.as_ref()?.join(crate::dev::ADMIN_CERT_DIR))
         });
         Security {

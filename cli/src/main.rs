@@ -25,7 +25,7 @@ struct Cli {
     json: bool,
     /// Mutual TLS: a directory with ca.crt, tls.crt and tls.key (a client or admin
     /// certificate of the cluster's CA). Defaults to the admin certificate of the local dev
-    /// cluster when --cluster is not given and `ringfs dev up` runs with TLS.
+    /// cluster (./ringfs-dev/tls/admin) when talking to its nodes.
     #[arg(long, global = true, env = "RINGFS_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     /// A file with the admin token, for clusters run without TLS but with
