@@ -243,3 +243,41 @@ async fn rotated_certificates_are_used_for_new_connections() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_tls_an_admin_token_guards_administration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token file");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess\n").expect("token file");
+    // The nodes join each other (Join is administrative): they send the token themselves.
+    let c =
+        common::TestCluster::start_with(3, &["--admin-token-file", token.to_str().expect("utf8")])
+            .await;
+    let with = |file: &std::path::Path| {
+        ringfs_client::Cluster::with_pool(
+            c.seeds(),
+            ChannelPool::secured(None, Some(file)).expect("pool"),
+        )
+        .expect("client")
+    };
+    for (who, client) in [("no token", c.client()), ("a wrong token", with(&wrong))] {
+        match client.create_volume("v", 1 << 30, 3).await {
+            Err(ClientError::Rejected(s)) => {
+                assert_eq!(s.code(), Code::Unauthenticated, "{who}: {s:?}");
+                assert!(s.message().contains("token"), "{who}: {}", s.message());
+            }
+            other => panic!("{who}: expected UNAUTHENTICATED, got {other:?}"),
+        }
+    }
+    with(&token)
+        .create_volume("v", 1 << 30, 3)
+        .await
+        .expect("the admin token creates a volume");
+    // File I/O needs no token.
+    let vol = Vol::open(c.client(), "v").await.expect("open");
+    let data = content(3, 1 << 20);
+    put_bytes(&vol, "/f", &data).await.expect("write");
+    assert_eq!(get_bytes(&vol, "/f").await.expect("read"), data);
+}
