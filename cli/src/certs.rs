@@ -95,6 +95,11 @@ pub fn run(cmd: CertsCmd) -> Result<()> {
             out,
             force,
         } => {
+            if role == Role::Node && dns.is_empty() && ip.is_empty() {
+                anyhow::bail!(
+                    "a node certificate needs the names or addresses peers and clients dial it by: pass --dns and/or --ip"
+                );
+            }
             let ca = CertAuthority::load(&ca)?;
             let opts = IssueOptions::new(role, &name)
                 .dns(dns)
