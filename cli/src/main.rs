@@ -92,6 +92,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = ringfs_telemetry::init_with_service("warn", "ringfs");
     let security = commands::Security::resolve(cli.tls_dir, cli.admin_token_file, &cli.cluster);
+    let plaintext = security.tls_dir.is_none();
     let result = match cli.cmd {
         Cmd::Dev(cmd) => dev::run(cmd).await,
         Cmd::Certs(cmd) => certs::run(cmd),
@@ -115,6 +116,22 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // What a plaintext client sees from a TLS node: no answer, or a broken HTTP/2
+            // exchange (the node's TLS alert read as HTTP/2).
+            let unreachable =
+                e.chain()
+                    .any(|c| match c.downcast_ref::<ringfs_client::ClientError>() {
+                        Some(ringfs_client::ClientError::Unavailable(_)) => true,
+                        Some(ringfs_client::ClientError::Rejected(s)) => {
+                            matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal)
+                                && (s.message().contains("h2") || s.message().contains("transport"))
+                        }
+                        _ => false,
+                    });
+            if unreachable && plaintext {
+                // A node with mutual TLS drops plaintext connections without a word.
+                eprintln!("hint: if the cluster runs with mutual TLS, pass --tls-dir DIR (or set RINGFS_TLS_DIR) with a certificate of its CA");
+            }
             ExitCode::FAILURE
         }
     }
