@@ -18,7 +18,7 @@ pub mod material;
 pub mod server;
 
 pub use issue::{CertAuthority, IssueOptions};
-pub use material::{peer_role, role_of_der, TlsMaterial};
+pub use material::{needs_renewal, peer_role, role_of_der, TlsMaterial};
 pub use server::{ReloadingAcceptor, TlsIncoming};
 
 use std::fmt;

@@ -117,9 +117,36 @@ pub fn is_tls_ext(ext: &tonic::codegen::http::Extensions) -> bool {
 }
 
 fn not_after_of(der: &[u8]) -> Option<SystemTime> {
+    validity_of(der).map(|(_, until)| until)
+}
+
+/// A certificate's validity period (not before, not after).
+pub fn validity_of(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let secs = cert.validity().not_after.timestamp();
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    let at = |secs: i64| Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?));
+    Some((
+        at(cert.validity().not_before.timestamp())?,
+        at(cert.validity().not_after.timestamp())?,
+    ))
+}
+
+/// Whether the certificate in `cert_pem` should be issued anew: less than a third of its
+/// lifetime left at `now`, or unreadable. Renewing at two thirds leaves time for the new
+/// one to reach every party (Secret propagation, reload period) before the old expires.
+pub fn needs_renewal(cert_pem: &str, now: SystemTime) -> bool {
+    let Ok(der) = parse_cert_pem(cert_pem.as_bytes()) else {
+        return true;
+    };
+    let Some((from, until)) = validity_of(&der) else {
+        return true;
+    };
+    let Ok(lifetime) = until.duration_since(from) else {
+        return true;
+    };
+    match until.duration_since(now) {
+        Ok(left) => left < lifetime / 3,
+        Err(_) => true,
+    }
 }
 
 fn client_verifier(
@@ -378,6 +405,29 @@ mod tests {
         ca.issue(&o).unwrap().write_dir(d.path(), false).unwrap();
         let e = err_of(d.path());
         assert!(e.contains("tls.crt: has expired"), "{e}");
+    }
+
+    #[test]
+    fn renewal_is_due_in_the_last_third_of_the_lifetime() {
+        let ca = CertAuthority::generate("t", DEFAULT_CA_VALIDITY).unwrap();
+        let c = ca
+            .issue(&IssueOptions::new(Role::Node, "n").validity(Duration::from_secs(90 * 86_400)))
+            .unwrap();
+        let now = SystemTime::now();
+        assert!(!needs_renewal(&c.cert_pem, now));
+        assert!(!needs_renewal(
+            &c.cert_pem,
+            now + Duration::from_secs(59 * 86_400)
+        ));
+        assert!(needs_renewal(
+            &c.cert_pem,
+            now + Duration::from_secs(61 * 86_400)
+        ));
+        assert!(needs_renewal(
+            &c.cert_pem,
+            now + Duration::from_secs(100 * 86_400)
+        ));
+        assert!(needs_renewal("not a certificate", now));
     }
 
     #[test]
