@@ -4,10 +4,11 @@ use crate::Command;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringfs_client::{ClientError, Cluster, Vol, VolumeSource};
+use ringfs_client::{ChannelPool, ClientError, Cluster, Vol, VolumeSource};
 use ringfs_core::fs::FileKind;
 use ringfs_core::units::{format_size, parse_size};
 use ringfs_proto::admin::RebalanceStatusReply;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +108,52 @@ pub fn resolve_seeds(given: Vec<String>) -> Vec<String> {
     vec!["127.0.0.1:7420".into()]
 }
 
+/// The credentials the CLI presents: `--tls-dir` / `--admin-token-file`, or else the admin
+/// certificate of the local dev cluster (`./ringfs-dev`) when it runs with TLS and the
+/// addresses used are its nodes'.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls_dir: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Security {
+    pub fn resolve(
+        tls_dir: Option<PathBuf>,
+        admin_token_file: Option<PathBuf>,
+        cluster: &[String],
+    ) -> Security {
+        // The dev cluster's certificate is used only for that cluster: no --cluster, or
+        // addresses that are all its nodes (e.g. RINGFS_CLUSTER as `dev up` printed it).
+        let tls_dir = tls_dir.or_else(|| {
+            let state = crate::dev::DevState::load(&crate::default_dev_dir()).ok()?;
+            let ours = cluster
+                .iter()
+                .all(|a| state.nodes.iter().any(|n| n.addr == a.trim()));
+            if !ours {
+                return None;
+            }
+            Some(state.tls.as_ref()?.join(crate::dev::ADMIN_CERT_DIR))
+        });
+        Security {
+            tls_dir,
+            admin_token_file,
+        }
+    }
+
+    /// The channel pool presenting these credentials.
+    pub fn pool(&self) -> Result<ChannelPool> {
+        Ok(ChannelPool::secured(
+            self.tls_dir.as_deref(),
+            self.admin_token_file.as_deref(),
+        )?)
+    }
+
+    pub fn cluster(&self, seeds: Vec<String>) -> Result<Arc<Cluster>> {
+        Ok(Cluster::with_pool(seeds, self.pool()?)?)
+    }
+}
+
 /// `volume:/path` → (volume, path).
 fn split_remote(s: &str) -> Result<(&str, &str)> {
     match s.split_once(':') {
@@ -148,8 +195,8 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
     }
 }
 
-pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
-    let cluster = Cluster::new(seeds)?;
+pub async fn run(cmd: Command, seeds: Vec<String>, security: Security, json: bool) -> Result<()> {
+    let cluster = security.cluster(seeds)?;
     match cmd {
         Command::Cluster(ClusterCmd::Status) => status(&cluster, json).await,
         Command::Cluster(ClusterCmd::Drain { node, cancel }) => {
@@ -283,7 +330,9 @@ pub async fn run(cmd: Command, seeds: Vec<String>, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        Command::Dev(_) | Command::Mount(_) | Command::Umount(_) => unreachable!("handled in main"),
+        Command::Dev(_) | Command::Mount(_) | Command::Umount(_) | Command::Certs(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

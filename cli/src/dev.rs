@@ -38,6 +38,11 @@ pub enum DevCmd {
         /// Do not mount the volume.
         #[arg(long)]
         no_mount: bool,
+        /// Run without TLS (plaintext, unauthenticated). By default a CA and certificates
+        /// for every node, an admin and a client are made under DIR/tls and every channel
+        /// uses mutual TLS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Stop the local cluster.
     Down {
@@ -78,6 +83,70 @@ pub struct DevState {
     pub nodes: Vec<DevNode>,
     #[serde(default)]
     pub mount: Option<DevMount>,
+    /// Certificates of a cluster run with mutual TLS (None: plaintext).
+    #[serde(default)]
+    pub tls: Option<PathBuf>,
+}
+
+/// Under the dev TLS directory: the CA, one directory per node (`node-N`), and the
+/// admin and client identities the CLI and the dev mount use.
+pub const CA_CERT_DIR: &str = "ca";
+pub const ADMIN_CERT_DIR: &str = "admin";
+pub const CLIENT_CERT_DIR: &str = "client";
+
+/// A TLS directory issued by the dev CA, unless one that loads is there already.
+fn ensure_identity(
+    ca: &ringfs_tls::CertAuthority,
+    out: &Path,
+    opts: ringfs_tls::IssueOptions,
+) -> Result<()> {
+    if ringfs_tls::TlsMaterial::load(out).is_ok_and(|m| m.role == Some(opts.role)) {
+        return Ok(());
+    }
+    ca.issue(&opts)?.write_dir(out, true)?;
+    Ok(())
+}
+
+/// The dev cluster's certificates under `dir/tls` (made once, reused by later runs):
+/// a CA, node-1..node-n, admin and client. Nodes are reached on 127.0.0.1/localhost.
+fn ensure_certs(dir: &Path, nodes: impl IntoIterator<Item = u64>) -> Result<PathBuf> {
+    use ringfs_tls::{CertAuthority, IssueOptions, Role};
+    let tls = dir.join("tls");
+    let ca_dir = tls.join(CA_CERT_DIR);
+    let ca = if ca_dir.join(ringfs_tls::CA_FILE).exists() {
+        CertAuthority::load(&ca_dir)?
+    } else {
+        let ca = CertAuthority::generate("dev", ringfs_tls::issue::DEFAULT_CA_VALIDITY)?;
+        ca.write_dir(&ca_dir, true)?;
+        ca
+    };
+    for i in nodes {
+        ensure_identity(
+            &ca,
+            &tls.join(format!("node-{i}")),
+            IssueOptions::new(Role::Node, format!("node-{i}"))
+                .dns(["localhost"])
+                .ips([std::net::IpAddr::from([127, 0, 0, 1])]),
+        )?;
+    }
+    ensure_identity(
+        &ca,
+        &tls.join(ADMIN_CERT_DIR),
+        IssueOptions::new(Role::Admin, "dev-admin"),
+    )?;
+    ensure_identity(
+        &ca,
+        &tls.join(CLIENT_CERT_DIR),
+        IssueOptions::new(Role::Client, "dev-client"),
+    )?;
+    Ok(tls)
+}
+
+/// A client of the dev cluster, with the admin identity when it runs with TLS.
+fn dev_cluster(state: &DevState, seeds: Vec<String>) -> Result<std::sync::Arc<Cluster>> {
+    let admin = state.tls.as_ref().map(|t| t.join(ADMIN_CERT_DIR));
+    let pool = ringfs_client::ChannelPool::secured(admin.as_deref(), None)?;
+    Ok(Cluster::with_pool(seeds, pool)?)
 }
 
 impl DevState {
@@ -148,6 +217,7 @@ pub async fn run(cmd: DevCmd) -> Result<()> {
             volume_size,
             mount,
             no_mount,
+            insecure,
         } => {
             // The mount point must not be inside the node data (it would be purged).
             let mount_dir = if no_mount || volume.is_empty() {
@@ -163,6 +233,7 @@ pub async fn run(cmd: DevCmd) -> Result<()> {
                 &volume,
                 &volume_size,
                 mount_dir,
+                !insecure,
             )
             .await
         }
@@ -179,6 +250,10 @@ pub async fn run(cmd: DevCmd) -> Result<()> {
                     n.addr,
                     n.log.display()
                 );
+            }
+            match &state.tls {
+                Some(t) => println!("tls: mutual TLS, certificates in {}", t.display()),
+                None => println!("tls: off (plaintext)"),
             }
             match &state.mount {
                 Some(m) => {
@@ -260,13 +335,11 @@ async fn ensure_mount(
     }
     let log = dir.join(format!("mount-{volume}.log"));
     let seeds: Vec<&str> = state.nodes.iter().map(|n| n.addr.as_str()).collect();
-    let args: Vec<std::ffi::OsString> = vec![
-        "--cluster".into(),
-        seeds.join(",").into(),
-        "mount".into(),
-        volume.into(),
-        mount_dir.clone().into(),
-    ];
+    let mut args: Vec<std::ffi::OsString> = vec!["--cluster".into(), seeds.join(",").into()];
+    if let Some(t) = &state.tls {
+        args.extend(["--tls-dir".into(), t.join(CLIENT_CERT_DIR).into()]);
+    }
+    args.extend(["mount".into(), volume.into(), mount_dir.clone().into()]);
     let pid = crate::mount::spawn_mount_process(&args, volume, &mount_dir, &log).await?;
     state.mount = Some(DevMount {
         volume: volume.to_string(),
@@ -318,6 +391,7 @@ async fn stop_mount(m: &DevMount) -> Result<()> {
 }
 
 /// Starts node `i` of a dev cluster in `dir` and waits until it reports its addresses.
+#[allow(clippy::too_many_arguments)]
 async fn spawn_node(
     bin: &Path,
     dir: &Path,
@@ -325,6 +399,7 @@ async fn spawn_node(
     base_port: u16,
     capacity: u64,
     seeds: &[String],
+    tls: Option<&Path>,
     previous: Option<&DevNode>,
 ) -> Result<DevNode> {
     let data_dir = dir.join(format!("node-{i}"));
@@ -365,8 +440,15 @@ async fn spawn_node(
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf)
+        // The CLI's own credentials (e.g. RINGFS_TLS_DIR naming the admin certificate)
+        // must not become the node's.
+        .env_remove("RINGFS_TLS_DIR")
+        .env_remove("RINGFS_ADMIN_TOKEN_FILE")
         // Own process group: Ctrl-C in this terminal must not kill the nodes.
         .process_group(0);
+    if let Some(t) = tls {
+        cmd.arg("--tls-dir").arg(t.join(format!("node-{i}")));
+    }
     if i == 1 {
         cmd.arg("--bootstrap");
     } else {
@@ -440,7 +522,20 @@ pub async fn add_node(dir: &Path, capacity: &str) -> Result<()> {
         .find(|n| n.id == 1)
         .and_then(|n| n.addr.rsplit(':').next()?.parse::<u16>().ok())
         .unwrap_or(0);
-    let node = spawn_node(&node_binary(), &dir, i, base_port, capacity, &seeds, None).await?;
+    if state.tls.is_some() {
+        ensure_certs(&dir, [id])?;
+    }
+    let node = spawn_node(
+        &node_binary(),
+        &dir,
+        i,
+        base_port,
+        capacity,
+        &seeds,
+        state.tls.as_deref(),
+        None,
+    )
+    .await?;
     println!(
         "started node {id} at {} (log {})",
         node.addr,
@@ -448,7 +543,7 @@ pub async fn add_node(dir: &Path, capacity: &str) -> Result<()> {
     );
     state.nodes.push(node);
     state.save(&dir)?;
-    let cluster = Cluster::new(seeds)?;
+    let cluster = dev_cluster(&state, seeds)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(s) = cluster.status().await {
@@ -467,6 +562,8 @@ pub async fn add_node(dir: &Path, capacity: &str) -> Result<()> {
     }
 }
 
+// The flags of `dev up`, one argument each.
+#[allow(clippy::too_many_arguments)]
 async fn up(
     n: u32,
     dir: &Path,
@@ -475,6 +572,7 @@ async fn up(
     volume: &str,
     volume_size: &str,
     mount_dir: Option<PathBuf>,
+    tls: bool,
 ) -> Result<()> {
     let capacity = ringfs_core::units::parse_size(capacity)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -503,21 +601,37 @@ async fn up(
         previous = state.nodes;
     }
     let bin = node_binary();
+    let tls = if tls {
+        Some(ensure_certs(&dir, 1..=u64::from(n))?)
+    } else {
+        None
+    };
     let mut state = DevState {
         nodes: Vec::new(),
         mount: None,
+        tls,
     };
     let mut seeds: Vec<String> = Vec::new();
     for i in 1..=n {
         let prev = previous.iter().find(|p| p.id == u64::from(i));
-        let node = spawn_node(&bin, &dir, i, base_port, capacity, &seeds, prev).await?;
+        let node = spawn_node(
+            &bin,
+            &dir,
+            i,
+            base_port,
+            capacity,
+            &seeds,
+            state.tls.as_deref(),
+            prev,
+        )
+        .await?;
         let addr = node.addr.clone();
         seeds.push(addr.clone());
         state.nodes.push(node);
         state.save(&dir)?;
     }
     // Wait until every node has joined and the layout covers them all.
-    let cluster = Cluster::new(seeds.clone())?;
+    let cluster = dev_cluster(&state, seeds.clone())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match cluster.status().await {
@@ -571,6 +685,13 @@ fn print_usage(state: &DevState, volume: &str) {
     println!();
     println!("Try:");
     println!("  export RINGFS_CLUSTER={}", seeds.join(","));
+    if let Some(t) = &state.tls {
+        // Needed once RINGFS_CLUSTER is set (without --cluster the CLI finds it itself).
+        println!(
+            "  export RINGFS_TLS_DIR={}",
+            t.join(ADMIN_CERT_DIR).display()
+        );
+    }
     println!("  ringfs cluster status");
     if !volume.is_empty() {
         println!("  ringfs put ./some-file {volume}:/some-file");

@@ -1,5 +1,6 @@
 //! `ringfs`: the command line for ringfs clusters.
 
+mod certs;
 mod commands;
 mod dev;
 mod mount;
@@ -22,6 +23,15 @@ struct Cli {
     /// Print machine-readable JSON where supported.
     #[arg(long, global = true)]
     json: bool,
+    /// Mutual TLS: a directory with ca.crt, tls.crt and tls.key (a client or admin
+    /// certificate of the cluster's CA). Defaults to the admin certificate of the local dev
+    /// cluster (./ringfs-dev/tls/admin) when talking to its nodes.
+    #[arg(long, global = true, env = "RINGFS_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A file with the admin token, for clusters run without TLS but with
+    /// --admin-token-file.
+    #[arg(long, global = true, env = "RINGFS_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -60,6 +70,10 @@ pub(crate) enum Cmd {
     Mount(mount::MountArgs),
     /// Unmount a ringfs mount point.
     Umount(mount::UmountArgs),
+    /// Certificates for mutual TLS: a cluster CA, and node, admin and client
+    /// certificates it signs.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// Remove a file or empty directory (`-r`: recursively).
     Rm {
         path: String,
@@ -77,11 +91,15 @@ pub fn default_dev_dir() -> PathBuf {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = ringfs_telemetry::init_with_service("warn", "ringfs");
+    let security = commands::Security::resolve(cli.tls_dir, cli.admin_token_file, &cli.cluster);
+    let plaintext = security.tls_dir.is_none();
     let result = match cli.cmd {
         Cmd::Dev(cmd) => dev::run(cmd).await,
+        Cmd::Certs(cmd) => certs::run(cmd),
         Cmd::Mount(a) => {
             mount::mount(
                 commands::resolve_seeds(cli.cluster),
+                security,
                 a.volume,
                 a.dir,
                 a.opts,
@@ -91,13 +109,29 @@ async fn main() -> ExitCode {
         Cmd::Umount(a) => mount::umount(a.dir, a.lazy).await,
         other => {
             let seeds = commands::resolve_seeds(cli.cluster);
-            commands::run(other, seeds, cli.json).await
+            commands::run(other, seeds, security, cli.json).await
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // What a plaintext client sees from a TLS node: no answer, or a broken HTTP/2
+            // exchange (the node's TLS alert read as HTTP/2).
+            let unreachable =
+                e.chain()
+                    .any(|c| match c.downcast_ref::<ringfs_client::ClientError>() {
+                        Some(ringfs_client::ClientError::Unavailable(_)) => true,
+                        Some(ringfs_client::ClientError::Rejected(s)) => {
+                            matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal)
+                                && (s.message().contains("h2") || s.message().contains("transport"))
+                        }
+                        _ => false,
+                    });
+            if unreachable && plaintext {
+                // A node with mutual TLS drops plaintext connections without a word.
+                eprintln!("hint: if the cluster runs with mutual TLS, pass --tls-dir DIR (or set RINGFS_TLS_DIR) with a certificate of its CA");
+            }
             ExitCode::FAILURE
         }
     }

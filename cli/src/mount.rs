@@ -5,7 +5,7 @@
 //! output in a log file, and returns once the file system is mounted.
 
 use anyhow::{bail, Context};
-use ringfs_client::{Cluster, Vol};
+use ringfs_client::Vol;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,6 +109,7 @@ pub fn is_ringfs_mount(dir: &Path) -> bool {
 
 pub async fn mount(
     seeds: Vec<String>,
+    security: crate::commands::Security,
     volume: String,
     dir: PathBuf,
     opts: MountOpts,
@@ -137,7 +138,7 @@ pub async fn mount(
         session_ttl: seconds("session-ttl", opts.session_ttl)?,
         ..Default::default()
     };
-    let cluster = Cluster::new(seeds)?;
+    let cluster = security.cluster(seeds)?;
     let vol = Vol::open(cluster, &volume)
         .await
         .with_context(|| format!("opening volume {volume:?}"))?;

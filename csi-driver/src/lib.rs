@@ -110,6 +110,11 @@ pub struct Config {
     /// The host's cgroup file system (/sys/fs/cgroup) as mounted into this container.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub mount_cgroup_root: PathBuf,
+    /// Mutual TLS towards the ringfs nodes: a directory with ca.crt, tls.crt and tls.key
+    /// (an `admin` certificate of the cluster's CA: the controller creates and deletes
+    /// volumes). The node plugin hands it to the `ringfs mount` processes it starts.
+    #[arg(long, env = "RINGFS_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
@@ -167,7 +172,8 @@ fn hostname() -> String {
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let cluster = Cluster::new(cfg.cluster.clone())?;
+    let pool = ringfs_client::ChannelPool::secured(cfg.tls_dir.as_deref(), None)?;
+    let cluster = Cluster::with_pool(cfg.cluster.clone(), pool)?;
     let path = socket_path(&cfg.endpoint)?;
     let listener = bind_socket(&path).await?;
     let serve_controller = cfg.mode != Mode::Node;
@@ -224,6 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cluster_name: cfg.cluster_name.clone(),
                 ringfs_bin: cfg.ringfs_bin.clone().unwrap_or_else(default_ringfs_bin),
                 seeds: cfg.cluster.clone(),
+                tls_dir: cfg.tls_dir.clone(),
                 state_dir: cfg.state_dir.clone(),
                 managed_root: cfg.managed_root.clone(),
                 health_timeout: Duration::from_secs(cfg.health_timeout_secs.max(1)),

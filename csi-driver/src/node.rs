@@ -32,6 +32,8 @@ pub struct NodeConfig {
     /// The `ringfs` CLI that runs FUSE mounts.
     pub ringfs_bin: PathBuf,
     pub seeds: Vec<String>,
+    /// Mutual TLS identity the mount processes present (`ringfs --tls-dir`).
+    pub tls_dir: Option<PathBuf>,
     /// Where mount logs go.
     pub state_dir: PathBuf,
     /// Only ringfs mounts below this directory are adopted and repaired (the kubelet's).
@@ -94,9 +96,11 @@ impl NodeService {
         })?;
         let log = self.cfg.state_dir.join(format!("mount-{volume}.log"));
         let mut cmd = std::process::Command::new(&self.cfg.ringfs_bin);
-        cmd.arg("--cluster")
-            .arg(self.cfg.seeds.join(","))
-            .arg("mount")
+        cmd.arg("--cluster").arg(self.cfg.seeds.join(","));
+        if let Some(t) = &self.cfg.tls_dir {
+            cmd.arg("--tls-dir").arg(t);
+        }
+        cmd.arg("mount")
             .arg(volume)
             .arg(dir)
             .args(["--background", "--allow-other", "--log-file"])

@@ -39,7 +39,7 @@ impl AdminServer {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn client(&self, addr: &str) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+    fn client(&self, addr: &str) -> Result<AdminServiceClient<ringfs_client::NodeChannel>, Status> {
         let ch = self
             .node
             .pool

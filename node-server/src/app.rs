@@ -62,7 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     .validate()
     .context("invalid Raft timing settings")?;
-    let pool = ChannelPool::new();
+    let (tls, policy, pool) = security(&config)?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -89,26 +89,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let grpc = {
         let mut rx = shutdown_rx.clone();
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            .layer(crate::auth::AuthLayer::new(policy))
             .add_service(RaftServer::server(raft.clone()))
             .add_service(MetaServer::server(node.clone()))
             .add_service(AdminServer::server(node.clone()))
             .add_service(crate::blocks::server_with_hooks(
                 blocks.clone(),
                 Arc::new(crate::migrate::Hooks { node: node.clone() }),
-            ))
+            ));
+        let stop = async move {
+            let _ = rx.changed().await;
+        };
+        let serve: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match &tls {
+            Some(acceptor) => {
+                tokio::spawn(acceptor.clone().watch(
+                    Duration::from_secs(config.tls_reload_secs),
+                    shutdown_rx.clone(),
+                ));
+                Box::pin(router.serve_with_incoming_shutdown(acceptor.incoming(listener), stop))
+            }
             // A listener passed in does not get the builder's tcp_nodelay: without it,
             // Nagle held each reply's trailers until the client's delayed ACK (~40 ms
             // per unary call and per block read).
-            .serve_with_incoming_shutdown(
+            None => Box::pin(router.serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = rx.changed().await;
-                },
-            )
+                stop,
+            )),
+        };
+        serve
     };
     let http = {
         let mut rx = shutdown_rx.clone();
@@ -180,6 +194,62 @@ async fn raft_fatal(raft: Raft) -> String {
             return "the Raft core stopped".to_string();
         }
     }
+}
+
+/// The node's TLS identity (reloaded when its files change), how callers are checked,
+/// and the pool for the node's own calls (presenting the same identity or token).
+fn security(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<ringfs_tls::ReloadingAcceptor>,
+    crate::auth::Policy,
+    ChannelPool,
+)> {
+    use crate::auth::Policy;
+    let token = config
+        .admin_token_file
+        .as_deref()
+        .map(ringfs_client::pool::read_token_file)
+        .transpose()?;
+    let Some(dir) = &config.tls_dir else {
+        let pool = ChannelPool::with_credentials(None, token.as_deref())?;
+        return Ok(match token {
+            Some(t) => {
+                tracing::warn!("no --tls-dir: traffic is plaintext; only administrative calls are guarded (by the admin token)");
+                (None, Policy::Token(t), pool)
+            }
+            None => {
+                tracing::warn!("no --tls-dir and no --admin-token-file: traffic is plaintext and UNAUTHENTICATED; anyone who can reach this node can read and change all data and administer the cluster");
+                (None, Policy::Open, pool)
+            }
+        });
+    };
+    let acceptor = ringfs_tls::ReloadingAcceptor::load(dir).with_context(|| {
+        format!(
+            "loading the node's TLS certificates (--tls-dir {})",
+            dir.display()
+        )
+    })?;
+    let material = acceptor.current();
+    if material.role != Some(ringfs_tls::Role::Node) {
+        anyhow::bail!(
+            "{}: the certificate has role {}, a node needs role node; issue one with `ringfs certs issue --role node --name NAME --dns/--ip ADDRESSES`",
+            dir.join(ringfs_tls::CERT_FILE).display(),
+            material.role.map(|r| r.as_str()).unwrap_or("(none)")
+        );
+    }
+    let pool = ChannelPool::with_credentials(Some(material.client_tls()), token.as_deref())?;
+    // Rotated certificates: the node's own calls switch to them as the listener does.
+    let mut changes = acceptor.material();
+    let follower = pool.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let m = changes.borrow_and_update().clone();
+            follower.set_tls(Some(m.client_tls()));
+        }
+    });
+    tracing::info!(dir = %dir.display(), "mutual TLS on: peers and clients need a certificate of the cluster CA");
+    Ok((Some(acceptor), Policy::Tls, pool))
 }
 
 async fn wait_for_signal() {

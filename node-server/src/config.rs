@@ -110,6 +110,20 @@ pub struct Config {
     /// down or cut off.
     #[arg(long, env = "RINGFS_ORPHAN_GRACE_SECS", default_value_t = 3600)]
     pub orphan_grace_secs: u64,
+    /// Mutual TLS: a directory with ca.crt, tls.crt and tls.key (PEM; a kubernetes.io/tls
+    /// Secret's layout) holding a certificate with role `node`. Every peer and client must
+    /// then present a certificate of the same CA. Without it the node speaks plaintext.
+    #[arg(long, env = "RINGFS_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Seconds between checks of --tls-dir for rotated certificates (new connections use
+    /// them; established ones keep theirs).
+    #[arg(long, env = "RINGFS_TLS_RELOAD_SECS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_reload_secs: u64,
+    /// Without TLS: a file whose token administrative calls must carry as
+    /// `authorization: Bearer <token>` (the node sends it on its own calls too).
+    #[arg(long, env = "RINGFS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -29,7 +29,7 @@ impl MetaServer {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn client(&self, addr: &str) -> Result<MetaServiceClient<tonic::transport::Channel>, Status> {
+    fn client(&self, addr: &str) -> Result<MetaServiceClient<ringfs_client::NodeChannel>, Status> {
         let ch = self
             .node
             .pool

@@ -49,7 +49,7 @@ pub struct Peer {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl Peer {
-    fn client(&self) -> Result<RaftServiceClient<tonic::transport::Channel>, Unreachable> {
+    fn client(&self) -> Result<RaftServiceClient<ringfs_client::NodeChannel>, Unreachable> {
         let ch = self
             .pool
             .get(&self.addr)
@@ -64,7 +64,7 @@ impl Peer {
         req: &Req,
         option: &RPCOption,
         f: impl AsyncFnOnce(
-            RaftServiceClient<tonic::transport::Channel>,
+            RaftServiceClient<ringfs_client::NodeChannel>,
             Request<RaftRequest>,
         ) -> Result<Response<RaftReply>, Status>,
     ) -> Result<Resp, RpcErr<E>>

@@ -132,7 +132,7 @@ impl GrpcAdmin {
     }
 }
 
-fn admin_client(ch: tonic::transport::Channel) -> AdminServiceClient<tonic::transport::Channel> {
+fn admin_client(ch: ringfs_client::NodeChannel) -> AdminServiceClient<ringfs_client::NodeChannel> {
     AdminServiceClient::new(ch)
 }
 

@@ -10,6 +10,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::pool::ChannelPool;
+use crate::pool::NodeChannel as Channel;
 use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
 use ringfs_core::ids::{BlockId, NodeId};
@@ -24,7 +25,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::{debug, instrument, warn};
 

@@ -3,6 +3,7 @@
 use crate::blocks::{BlockIo, Replica};
 use crate::error::{ClientError, Result};
 use crate::pool::ChannelPool;
+use crate::pool::NodeChannel as Channel;
 use ringfs_core::fs::{FsOp, FsReply, FsResult, FS_FORMAT};
 use ringfs_core::layout::{Layout, NodeSpec};
 use ringfs_core::slice::BlockRef;
@@ -19,7 +20,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// How long one client call keeps retrying while the cluster has no reachable leader.
@@ -80,6 +80,12 @@ fn is_retryable(s: &Status) -> bool {
 impl Cluster {
     /// Connects (lazily) through `seeds`: addresses of any cluster nodes.
     pub fn new(seeds: Vec<String>) -> Result<Arc<Cluster>> {
+        Self::with_pool(seeds, ChannelPool::new())
+    }
+
+    /// Like [`Cluster::new`], with a pool carrying credentials (see
+    /// [`ChannelPool::secured`]).
+    pub fn with_pool(seeds: Vec<String>, pool: ChannelPool) -> Result<Arc<Cluster>> {
         let seeds: Vec<String> = seeds
             .into_iter()
             .map(|s| s.trim().to_string())
@@ -90,7 +96,6 @@ impl Cluster {
                 "no cluster address given; pass --cluster HOST:PORT or set RINGFS_CLUSTER".into(),
             ));
         }
-        let pool = ChannelPool::new();
         for s in &seeds {
             pool.get(s)?;
         }

@@ -10,4 +10,4 @@ pub mod pool;
 pub use cluster::{Cluster, VolumeSource};
 pub use error::{ClientError, Result};
 pub use files::Vol;
-pub use pool::ChannelPool;
+pub use pool::{ChannelPool, NodeChannel};
