@@ -251,6 +251,12 @@ pub fn list_volumes(r: &impl Reader) -> Result<Vec<VolumeInfo>> {
         .collect()
 }
 
+/// Whether block `id` is queued for garbage collection (released, not yet deleted on
+/// every node).
+pub fn gc_queued(r: &impl Reader, id: BlockId) -> Result<bool> {
+    Ok(r.get(Tbl::Gc, &id.0)?.is_some())
+}
+
 /// Whether some file references block `id`.
 pub fn block_referenced(r: &impl Reader, id: BlockId) -> Result<bool> {
     Ok(get::<u64>(r, Tbl::BlockRefs, &id.0)?.is_some())

@@ -237,6 +237,7 @@ impl BlockHooks for Hooks {
             &sources,
             req.layout_version,
             true,
+            &|id| collecting(&self.node, id),
         )
         .await
         .map_err(Status::unavailable)
@@ -257,6 +258,7 @@ pub async fn pull_partitions(
     sources: &[Replica],
     layout_version: u64,
     strict: bool,
+    collecting: &(dyn Fn(BlockId) -> bool + Sync),
 ) -> Result<PullReply, String> {
     let mut found: HashMap<BlockId, (ringfs_core::slice::BlockRef, Vec<Replica>)> = HashMap::new();
     let mut listed_any = false;
@@ -308,7 +310,9 @@ pub async fn pull_partitions(
         *per_partition
             .entry(id.partition(partition_count))
             .or_insert(0) += u64::from(b.len);
-        if !here {
+        // A block being garbage-collected is not copied: the collector may already
+        // have deleted it here, and a copy made now would outlive it on this node.
+        if !here && !collecting(*id) {
             missing.push(*id);
         }
     }
@@ -325,6 +329,13 @@ pub async fn pull_partitions(
                 .put(id, block.len, block.crc, vec![data])
                 .await
                 .map_err(|e| format!("storing block {id}: {e}"))?;
+            // Released while it was being copied: the collector may have deleted this
+            // node's copy before the copy landed, so drop it again (the source's copy
+            // goes too; nothing references the block).
+            if collecting(id) {
+                let _ = store.delete(vec![id]).await;
+                return Ok(0);
+            }
             Ok(u64::from(block.len))
         }
     }))
@@ -1106,4 +1117,15 @@ async fn stale_gc_round(node: &Node) -> anyhow::Result<u64> {
         .stale_deleted
         .fetch_add(deleted, Ordering::Relaxed);
     Ok(deleted)
+}
+
+/// Whether `id` is queued for garbage collection in this node's state machine (an error
+/// reading it counts as no: the copy is then made, and the orphan sweep removes it if
+/// it is garbage).
+pub fn collecting(node: &Node, id: BlockId) -> bool {
+    node.sm
+        .read()
+        .ok()
+        .and_then(|tx| fsm::gc_queued(&tx, id).ok())
+        .unwrap_or(false)
 }

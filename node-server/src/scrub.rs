@@ -130,6 +130,7 @@ async fn repair_from_replicas(node: &Arc<Node>) -> anyhow::Result<u64> {
         &sources,
         0,
         false,
+        &|id| crate::migrate::collecting(node, id),
     )
     .await
     .map_err(|e| anyhow::anyhow!(e))?;

@@ -60,7 +60,26 @@ async fn referenced_by(vols: &[&Vol]) -> BTreeSet<String> {
 
 /// Waits until every node stores exactly the blocks in `want` (RF 3 on 3 nodes).
 async fn wait_blocks_on_disk(c: &TestCluster, want: &BTreeSet<String>, what: &str) {
+    let started = std::time::Instant::now();
+    let reported = std::sync::atomic::AtomicBool::new(false);
     wait_for(what, Duration::from_secs(60), || async {
+        // Just before the deadline, say which node holds what it should not (or lacks).
+        if started.elapsed() > Duration::from_secs(59)
+            && !reported.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            for id in 1..=3 {
+                let have: BTreeSet<String> = c
+                    .block_files(id)
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                eprintln!(
+                    "node {id}: extra {:?} missing {:?}",
+                    have.difference(want).collect::<Vec<_>>(),
+                    want.difference(&have).collect::<Vec<_>>()
+                );
+            }
+        }
         let all_match = (1..=3).all(|id| {
             let have: BTreeSet<String> = c
                 .block_files(id)
