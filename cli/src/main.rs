@@ -90,6 +90,17 @@ pub fn default_dev_dir() -> PathBuf {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Like other command-line tools, end quietly when the reader of our output goes
+    // away (`ringfs dev status | grep -q ...`) instead of panicking on EPIPE (Rust
+    // ignores SIGPIPE). Not for the long-running mount daemon, which must never die of
+    // a signal.
+    if !matches!(cli.cmd, Cmd::Mount(_)) {
+        // SAFETY: signal(2) only sets the process-wide disposition of SIGPIPE; nothing
+        // in this process relies on SIGPIPE being ignored (sockets use MSG_NOSIGNAL).
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let _telemetry = ringfs_telemetry::init_with_service("warn", "ringfs");
     let security = commands::Security::resolve(cli.tls_dir, cli.admin_token_file, &cli.cluster);
     let plaintext = security.tls_dir.is_none();
