@@ -133,6 +133,8 @@ if grep -q " $DEV_DIR/mnt fuse" /proc/mounts; then
     exit 1
 fi
 echo "dev smoke: 1 passed, 0 failed"
+# The dev cluster (and its certificates) are gone: later stages talk to their own clusters.
+unset RINGFS_TLS_DIR
 
 stage "csi-sanity (kubernetes-csi/csi-test v5 against the real ringfs-csi, node processes and FUSE mounts)"
 bash "$ROOT/csi-driver/tests/sanity.sh"
