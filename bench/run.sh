@@ -154,7 +154,8 @@ setup_glusterfs() {
 setup_ringfs() {
     mkdir -p "$WORK/mnt/ringfs"
     # `dev up` starts the nodes, creates the volume and mounts it (background process).
-    "$RINGFS" dev up --nodes 3 --dir "$WORK/ringfs-dev" --base-port 0 --capacity 40GiB \
+    # Plaintext (--insecure), like the GlusterFS peer; the cost of mutual TLS is not measured here.
+    "$RINGFS" dev up --insecure --nodes 3 --dir "$WORK/ringfs-dev" --base-port 0 --capacity 40GiB \
         --volume bench --volume-size 30GiB --mount "$WORK/mnt/ringfs"
     wait_mounted "$WORK/mnt/ringfs" 60
     MNT[ringfs]="$WORK/mnt/ringfs"
