@@ -89,35 +89,34 @@ impl Extents {
         self.map.insert(start, merged);
     }
 
-    /// Copies buffered bytes that fall inside `[off, off + out.len())` into `out`.
-    pub fn overlay(&self, off: u64, out: &mut [u8]) {
-        let end = off + out.len() as u64;
-        for (&s, d) in self.map.range(..end) {
+    /// The buffered bytes inside `[off, end)`, as (offset, bytes) in offset order.
+    fn overlapping(&self, off: u64, end: u64) -> impl Iterator<Item = (u64, &[u8])> {
+        self.map.range(..end).filter_map(move |(&s, d)| {
             let e = s + d.len() as u64;
             if e <= off {
-                continue;
+                return None;
             }
             let a = s.max(off);
             let b = e.min(end);
-            out[(a - off) as usize..(b - off) as usize]
-                .copy_from_slice(&d[(a - s) as usize..(b - s) as usize]);
+            Some((a, &d[(a - s) as usize..(b - s) as usize]))
+        })
+    }
+
+    /// Copies buffered bytes that fall inside `[off, off + out.len())` into `out`.
+    pub fn overlay(&self, off: u64, out: &mut [u8]) {
+        let end = off + out.len() as u64;
+        for (a, part) in self.overlapping(off, end) {
+            let rel = (a - off) as usize;
+            out[rel..rel + part.len()].copy_from_slice(part);
         }
     }
 
     /// A copy of the buffered bytes inside `[off, off + len)`, for overlaying later.
     pub fn copy_range(&self, off: u64, len: u64) -> Extents {
-        let end = off.saturating_add(len);
         let mut out = Extents::default();
-        for (&s, d) in self.map.range(..end) {
-            let e = s + d.len() as u64;
-            if e <= off {
-                continue;
-            }
-            let a = s.max(off);
-            let b = e.min(end);
-            let part = d[(a - s) as usize..(b - s) as usize].to_vec();
+        for (a, part) in self.overlapping(off, off.saturating_add(len)) {
             out.bytes += part.len();
-            out.map.insert(a, part);
+            out.map.insert(a, part.to_vec());
         }
         out
     }
@@ -153,6 +152,23 @@ mod tests {
             let mut out = vec![0u8; 4096];
             ext.overlay(0, &mut out);
             assert_eq!(out, flat, "seed {seed}");
+            // A copied window overlays exactly what the window of the flat buffer holds.
+            let (w_off, w_len) = (rng.random_range(0..4096u64), rng.random_range(0..600u64));
+            let w_end = (w_off + w_len).min(4096);
+            let copy = ext.copy_range(w_off, w_end - w_off);
+            let mut window = vec![0u8; (w_end - w_off) as usize];
+            copy.overlay(w_off, &mut window);
+            let mut mask = window.clone();
+            for (i, m) in mask.iter_mut().enumerate() {
+                let p = w_off as usize + i;
+                *m = if written[p] { flat[p] } else { 0 };
+            }
+            assert_eq!(window, mask, "seed {seed} window {w_off}+{w_len}");
+            let in_window = written[w_off as usize..w_end as usize]
+                .iter()
+                .filter(|w| **w)
+                .count();
+            assert_eq!(copy.bytes(), in_window, "seed {seed}");
             assert_eq!(ext.bytes(), written.iter().filter(|w| **w).count());
             let last = written.iter().rposition(|w| *w).map_or(0, |p| p + 1);
             assert_eq!(ext.end(), last as u64);
