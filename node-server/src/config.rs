@@ -110,6 +110,13 @@ pub struct Config {
     /// down or cut off.
     #[arg(long, env = "RINGFS_ORPHAN_GRACE_SECS", default_value_t = 3600)]
     pub orphan_grace_secs: u64,
+    /// A mount session whose lease expired by the leader's wall clock is ended only after
+    /// the leader has also seen it go unrenewed for this many seconds of monotonic time,
+    /// so a wall clock that jumps forward cannot end live sessions (and reclaim the files
+    /// they hold open). Must exceed the mounts' renewal interval (a third of their
+    /// `--session-ttl`, 40 s by default).
+    #[arg(long, env = "RINGFS_SESSION_CONFIRM_SECS", default_value_t = 300)]
+    pub session_confirm_secs: u64,
     /// Mutual TLS: a directory with ca.crt, tls.crt and tls.key (PEM; a kubernetes.io/tls
     /// Secret's layout) holding a certificate with role `node`. Every peer and client must
     /// then present a certificate of the same CA. Without it the node speaks plaintext.

@@ -145,7 +145,12 @@ fn release_orphan(w: &impl Writer, vol: &mut VolumeRec, ino: Ino) -> Result<()> 
 }
 
 /// Sessions of every volume whose lease ran out before `now` (ns), oldest key first.
-pub fn expired_sessions(r: &impl Reader, now: i64, limit: usize) -> Result<Vec<(VolumeId, u64)>> {
+/// Sessions whose lease expired by `now`, with their expiry (which a renewal changes).
+pub fn expired_sessions(
+    r: &impl Reader,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<((VolumeId, u64), i64)>> {
     let prefix = b"session/".to_vec();
     let mut out = Vec::new();
     let mut after = prefix.clone();
@@ -162,7 +167,7 @@ pub fn expired_sessions(r: &impl Reader, now: i64, limit: usize) -> Result<Vec<(
             let rec: SessionRec = dec(v)?;
             if rec.expires_ns < now {
                 if let Some((vol, s)) = split_session_key(&k[prefix.len()..]) {
-                    out.push((vol, s));
+                    out.push(((vol, s), rec.expires_ns));
                     if out.len() >= limit {
                         return Ok(out);
                     }

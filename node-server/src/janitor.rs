@@ -1,6 +1,7 @@
 //! Leader-only background work: ending expired client sessions, deleting unreferenced
 //! blocks from every node, and purging deleted volumes' metadata in bounded batches.
 
+use crate::confirm::Confirm;
 use crate::fsm;
 use crate::node::Node;
 use crate::types::{Command, Response};
@@ -13,8 +14,13 @@ pub const GC_BATCH: usize = 1000;
 /// Records removed per purge command.
 pub const PURGE_BATCH: u32 = 2000;
 
+/// Sessions remembered while their expiry is being confirmed.
+const MAX_TRACKED_SESSIONS: usize = 100_000;
+
 pub async fn run(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let io = BlockIo::new(node.pool.clone());
+    let window = Duration::from_secs(node.config.session_confirm_secs);
+    let mut sessions = Confirm::new(window, MAX_TRACKED_SESSIONS);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -23,21 +29,43 @@ pub async fn run(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<boo
             _ = shutdown.changed() => return,
         }
         if !node.is_leader() {
+            // A new term starts every confirmation over (another node's observations
+            // are not ours).
+            if !sessions.is_empty() {
+                sessions = Confirm::new(window, MAX_TRACKED_SESSIONS);
+            }
             continue;
         }
-        if let Err(e) = round(&node, &io).await {
+        if let Err(e) = round(&node, &io, &mut sessions).await {
             tracing::warn!(error = %e, "janitor round failed; will retry");
         }
     }
 }
 
-async fn round(node: &Node, io: &BlockIo) -> anyhow::Result<()> {
-    // Client sessions (mounts) whose lease ran out: the orphans they held go.
+async fn round(
+    node: &Node,
+    io: &BlockIo,
+    sessions: &mut Confirm<(u64, u64), i64>,
+) -> anyhow::Result<()> {
+    // Client sessions (mounts) whose lease ran out: the orphans they held go. Expired by
+    // the wall clock is not enough: the lease must also have stayed unrenewed for the
+    // confirmation window of monotonic time (see `crate::confirm`).
     let now = crate::node::now_ns();
-    let expired = {
+    let candidates = {
         let tx = node.sm.read()?;
         fsm::expired_sessions(&tx, now, 256)?
     };
+    let mono = std::time::Instant::now();
+    let mut expired = Vec::new();
+    for (key, expires_ns) in candidates {
+        if sessions.observe(key, expires_ns, mono) {
+            expired.push(key);
+        }
+    }
+    sessions.end_round();
+    for key in &expired {
+        sessions.forget(key);
+    }
     if !expired.is_empty() {
         tracing::info!(
             sessions = expired.len(),

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod blocks;
 pub mod config;
+pub mod confirm;
 pub mod error;
 pub mod fsm;
 pub mod http;

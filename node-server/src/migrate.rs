@@ -11,6 +11,7 @@
 
 use crate::admin::target_voters;
 use crate::blocks::{BlockHooks, BlockStore};
+use crate::confirm::Confirm;
 use crate::fsm;
 use crate::members::{self, NodeState};
 use crate::node::Node;
@@ -37,6 +38,8 @@ use tracing::{debug, info, warn};
 const TICK: Duration = Duration::from_millis(300);
 /// Blocks per listing page during a pull.
 const LIST_PAGE: u32 = 2000;
+/// Unreferenced copies remembered while their age is confirmed (see [`orphan_round`]).
+const MAX_TRACKED_ORPHANS: usize = 1_000_000;
 /// Concurrent block copies inside one pull.
 const COPY_PARALLELISM: usize = 4;
 /// How long a put or a listing waits for this node to apply a layout version it has
@@ -982,6 +985,10 @@ async fn keep_voters(node: &Arc<Node>) {
 /// [`orphan_round`]).
 pub async fn run_stale_gc(node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let period = Duration::from_secs(node.config.stale_gc_interval_secs.max(1));
+    let mut orphans = Confirm::new(
+        Duration::from_secs(node.config.orphan_grace_secs),
+        MAX_TRACKED_ORPHANS,
+    );
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -997,7 +1004,7 @@ pub async fn run_stale_gc(node: Arc<Node>, mut shutdown: tokio::sync::watch::Rec
             ),
             Err(e) => debug!(error = %e, "stale copy sweep failed; will retry"),
         }
-        match orphan_round(&node).await {
+        match orphan_round(&node, &mut orphans).await {
             Ok(0) => {}
             Ok(n) => info!(
                 blocks = n,
@@ -1013,8 +1020,11 @@ pub async fn run_stale_gc(node: Arc<Node>, mut shutdown: tokio::sync::watch::Rec
 /// cut off keeps its copy. Candidates are copies with no reference in this node's state
 /// machine, older than `--orphan-grace-secs` (a younger one may belong to a write not
 /// committed yet); the leader then confirms them through the Raft log, because this
-/// node's state machine may lag.
-pub async fn orphan_round(node: &Node) -> anyhow::Result<u64> {
+/// node's state machine may lag. The age is by file time (so a restarted node need not
+/// wait) and, because a wall clock may jump, also by this node's monotonic clock: a
+/// copy is a candidate only after it has been one in every round for the whole grace
+/// period (`orphans` remembers them, see `crate::confirm`).
+pub async fn orphan_round(node: &Node, orphans: &mut Confirm<BlockId, ()>) -> anyhow::Result<u64> {
     let grace = Duration::from_secs(node.config.orphan_grace_secs);
     let mut deleted = 0u64;
     let mut after = None;
@@ -1033,6 +1043,11 @@ pub async fn orphan_round(node: &Node) -> anyhow::Result<u64> {
             c
         };
         let candidates = node.blocks.older_than(candidates, grace).await?;
+        let mono = std::time::Instant::now();
+        let candidates: Vec<BlockId> = candidates
+            .into_iter()
+            .filter(|id| orphans.observe(*id, (), mono))
+            .collect();
         for chunk in candidates.chunks(crate::admin::MAX_UNREFERENCED_IDS) {
             let (_, leader) = node.leader().await?;
             let ch = node.pool.get(&leader)?;
@@ -1060,6 +1075,7 @@ pub async fn orphan_round(node: &Node) -> anyhow::Result<u64> {
             break;
         }
     }
+    orphans.end_round();
     node.migration
         .counters
         .stale_deleted

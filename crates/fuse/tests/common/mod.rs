@@ -174,6 +174,8 @@ impl TestCluster {
                 &format!("zone-{}", (id - 1) % 3 + 1),
             ])
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
+            // Tests use leases of seconds; confirm their expiry as quickly.
+            .args(["--session-confirm-secs", "1"])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
