@@ -139,6 +139,13 @@ pub async fn mount(
         ..Default::default()
     };
     let cluster = security.cluster(seeds)?;
+    if let Some(dir) = &security.tls_dir {
+        // Renewed certificates (a Kubernetes Secret, `ringfs certs issue --force`) are
+        // used for new connections without remounting.
+        cluster
+            .pool()
+            .watch_tls_dir(dir.clone(), Duration::from_secs(30));
+    }
     let vol = Vol::open(cluster, &volume)
         .await
         .with_context(|| format!("opening volume {volume:?}"))?;

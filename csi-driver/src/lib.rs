@@ -170,9 +170,72 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// Waits until `dir` holds an identity. On Kubernetes the driver may start before the
+/// operator has issued the DfsCluster's client certificate: the Secret volume is optional
+/// and filled in by the kubelet once the Secret exists. Files that exist are loaded (and
+/// fail the start with a clear error if unusable) by the caller.
+async fn wait_for_identity(dir: &std::path::Path) {
+    let started = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
+    while !dir.join(ringfs_tls::CERT_FILE).exists() || !dir.join(ringfs_tls::KEY_FILE).exists() {
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::warn!(
+                dir = %dir.display(),
+                waited_secs = started.elapsed().as_secs(),
+                "waiting for a TLS identity (ca.crt, tls.crt, tls.key); on Kubernetes the \
+                 operator issues <dfsCluster>-client-tls once the DfsCluster exists"
+            );
+            said = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// How often TLS directories are checked for renewed certificates.
+const TLS_RELOAD: Duration = Duration::from_secs(30);
+
+/// The identity FUSE mounts present: a copy of `--tls-dir` under the state directory,
+/// kept current by a background task. Mounts outlive this pod (and the Secret volume the
+/// kubelet mounts into it), but the state directory is the host's, so mounts started by
+/// an earlier instance of the plugin see renewed certificates too (they re-read their
+/// directory like the plugin does).
+fn mount_tls_dir(cfg: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let Some(src) = cfg.tls_dir.clone() else {
+        return Ok(None);
+    };
+    let dst = cfg.state_dir.join("tls");
+    ringfs_tls::TlsMaterial::mirror_dir(&src, &dst)
+        .with_context(|| format!("copying the TLS identity to {}", dst.display()))?;
+    let d = dst.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TLS_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match ringfs_tls::TlsMaterial::mirror_dir(&src, &d) {
+                Ok(true) => {
+                    tracing::info!(dir = %d.display(), "renewed TLS identity handed to the mounts")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand the TLS identity to the mounts; they keep the current one")
+                }
+            }
+        }
+    });
+    Ok(Some(dst))
+}
+
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Some(dir) = &cfg.tls_dir {
+        wait_for_identity(dir).await;
+    }
     let pool = ringfs_client::ChannelPool::secured(cfg.tls_dir.as_deref(), None)?;
+    if let Some(dir) = &cfg.tls_dir {
+        // A renewed Secret reaches this directory through the kubelet; follow it.
+        pool.watch_tls_dir(dir.clone(), TLS_RELOAD);
+    }
     let cluster = Cluster::with_pool(cfg.cluster.clone(), pool)?;
     let path = socket_path(&cfg.endpoint)?;
     let listener = bind_socket(&path).await?;
@@ -230,7 +293,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cluster_name: cfg.cluster_name.clone(),
                 ringfs_bin: cfg.ringfs_bin.clone().unwrap_or_else(default_ringfs_bin),
                 seeds: cfg.cluster.clone(),
-                tls_dir: cfg.tls_dir.clone(),
+                tls_dir: mount_tls_dir(&cfg)?,
                 state_dir: cfg.state_dir.clone(),
                 managed_root: cfg.managed_root.clone(),
                 health_timeout: Duration::from_secs(cfg.health_timeout_secs.max(1)),

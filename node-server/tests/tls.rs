@@ -211,6 +211,17 @@ async fn rotated_certificates_are_used_for_new_connections() {
     health(&c.pool_as(&c.admin), &addr)
         .await
         .expect("admin before rotation");
+    // A long-lived client (like a mount) following its directory.
+    let mine = c.dir.path().join("follower");
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::create_dir_all(&mine).expect("dir");
+        std::fs::copy(c.admin.join(f), mine.join(f)).expect("copy");
+    }
+    let follower = ChannelPool::secured(Some(&mine), None).expect("pool");
+    let watch = follower.watch_tls_dir(mine.clone(), Duration::from_millis(200));
+    health(&follower, &addr)
+        .await
+        .expect("follower before rotation");
 
     // Rotate node 1 to a new CA (the most visible rotation: old identities stop working).
     let pki = c.dir.path().join("pki2");
@@ -242,6 +253,22 @@ async fn rotated_certificates_are_used_for_new_connections() {
         ),
         "{err:?}"
     );
+
+    // The follower's directory is renewed: it switches without being restarted, and its
+    // next connection (the pool dropped the old ones) is admitted by the rotated node.
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::copy(new_admin.join(f), mine.join(f)).expect("renew");
+    }
+    wait_for(
+        "the follower to pick up its renewed identity",
+        Duration::from_secs(30),
+        || async { (follower.tls_changes() > 0).then_some(()) },
+    )
+    .await;
+    health(&follower, &addr)
+        .await
+        .expect("the follower's new connection with its renewed identity");
+    watch.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

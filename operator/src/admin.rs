@@ -82,17 +82,25 @@ fn map_err(e: ClientError, call: &'static str) -> AdminError {
 
 pub type AdminResult<T> = Result<T, AdminError>;
 
-/// Admin and volume calls against the ringfs cluster reachable through `seeds`.
+/// Which cluster to call and how: node addresses, and the admin TLS identity when the
+/// cluster runs mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    pub seeds: Vec<String>,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// Admin and volume calls against the ringfs cluster `target`.
 pub trait Admin: Send + Sync {
-    fn state(&self, seeds: Vec<String>) -> BoxFuture<'_, AdminResult<ClusterState>>;
-    fn rebalance(&self, seeds: Vec<String>) -> BoxFuture<'_, AdminResult<Rebalance>>;
-    fn drain(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<()>>;
-    fn remove(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<bool>>;
-    fn volume(&self, seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
+    fn state(&self, target: Target) -> BoxFuture<'_, AdminResult<ClusterState>>;
+    fn rebalance(&self, target: Target) -> BoxFuture<'_, AdminResult<Rebalance>>;
+    fn drain(&self, target: Target, node: u64) -> BoxFuture<'_, AdminResult<()>>;
+    fn remove(&self, target: Target, node: u64) -> BoxFuture<'_, AdminResult<bool>>;
+    fn volume(&self, target: Target, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
     /// Creates the volume, empty or (with `source`) as a copy-on-write clone.
     fn create_volume(
         &self,
-        seeds: Vec<String>,
+        target: Target,
         name: String,
         capacity: u64,
         replication: u32,
@@ -100,11 +108,11 @@ pub trait Admin: Send + Sync {
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
     fn resize_volume(
         &self,
-        seeds: Vec<String>,
+        target: Target,
         name: String,
         capacity: u64,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>>;
-    fn delete_volume(&self, seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<bool>>;
+    fn delete_volume(&self, target: Target, name: String) -> BoxFuture<'_, AdminResult<bool>>;
 }
 
 /// The real implementation over gRPC (`ringfs-client`).
@@ -122,8 +130,11 @@ impl Default for GrpcAdmin {
 }
 
 impl GrpcAdmin {
-    fn connect(&self, seeds: Vec<String>) -> AdminResult<Arc<Cluster>> {
-        let c = Cluster::new(seeds).map_err(|e| AdminError::Refused(e.to_string()))?;
+    fn connect(&self, target: Target) -> AdminResult<Arc<Cluster>> {
+        let pool = ringfs_client::ChannelPool::with_credentials(target.tls, None)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
+        let c = Cluster::with_pool(target.seeds, pool)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
         // A fresh connection per call: the seed set changes with the cluster's size, and
         // the operator's calls are rare.
         let mut c = Arc::try_unwrap(c).unwrap_or_else(|_| unreachable!("just created"));
@@ -154,9 +165,9 @@ fn volume_info(v: ringfs_proto::meta::Volume) -> VolumeInfo {
 }
 
 impl Admin for GrpcAdmin {
-    fn state(&self, seeds: Vec<String>) -> BoxFuture<'_, AdminResult<ClusterState>> {
+    fn state(&self, target: Target) -> BoxFuture<'_, AdminResult<ClusterState>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let s = c.status().await.map_err(|e| map_err(e, "Status"))?;
             Ok(ClusterState {
                 leader: (s.leader_id != 0).then_some(s.leader_id),
@@ -166,9 +177,9 @@ impl Admin for GrpcAdmin {
         })
     }
 
-    fn rebalance(&self, seeds: Vec<String>) -> BoxFuture<'_, AdminResult<Rebalance>> {
+    fn rebalance(&self, target: Target) -> BoxFuture<'_, AdminResult<Rebalance>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let r = c
                 .call(|ch| async move {
                     admin_client(ch)
@@ -192,9 +203,9 @@ impl Admin for GrpcAdmin {
         })
     }
 
-    fn drain(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<()>> {
+    fn drain(&self, target: Target, node: u64) -> BoxFuture<'_, AdminResult<()>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let req = DrainRequest {
                 node_id: node,
                 cancel: false,
@@ -206,9 +217,9 @@ impl Admin for GrpcAdmin {
         })
     }
 
-    fn remove(&self, seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<bool>> {
+    fn remove(&self, target: Target, node: u64) -> BoxFuture<'_, AdminResult<bool>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let req = RemoveRequest {
                 node_id: node,
                 force: false,
@@ -221,9 +232,9 @@ impl Admin for GrpcAdmin {
         })
     }
 
-    fn volume(&self, seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
+    fn volume(&self, target: Target, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let v = c.volume(&name).await.map_err(|e| map_err(e, "GetVolume"))?;
             Ok(volume_info(v))
         })
@@ -231,14 +242,14 @@ impl Admin for GrpcAdmin {
 
     fn create_volume(
         &self,
-        seeds: Vec<String>,
+        target: Target,
         name: String,
         capacity: u64,
         replication: u32,
         source: Option<VolumeSource>,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let (v, _) = match &source {
                 None => c.create_volume(&name, capacity, replication).await,
                 Some(src) => c.clone_volume(&name, capacity, replication, src).await,
@@ -250,12 +261,12 @@ impl Admin for GrpcAdmin {
 
     fn resize_volume(
         &self,
-        seeds: Vec<String>,
+        target: Target,
         name: String,
         capacity: u64,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             let v = c
                 .resize_volume(&name, capacity)
                 .await
@@ -264,9 +275,9 @@ impl Admin for GrpcAdmin {
         })
     }
 
-    fn delete_volume(&self, seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<bool>> {
+    fn delete_volume(&self, target: Target, name: String) -> BoxFuture<'_, AdminResult<bool>> {
         Box::pin(async move {
-            let c = self.connect(seeds)?;
+            let c = self.connect(target)?;
             c.delete_volume(&name)
                 .await
                 .map_err(|e| map_err(e, "DeleteVolume"))

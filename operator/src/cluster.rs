@@ -1,6 +1,6 @@
 //! The DfsCluster reconciler: owned objects, safe scaling, status and conditions.
 
-use crate::admin::{AdminError, ClusterState, Rebalance};
+use crate::admin::{AdminError, ClusterState, Rebalance, Target};
 use crate::conditions::{cond, merge, unknown};
 use crate::context::{Context, MANAGER};
 use crate::error::{Error, Result};
@@ -105,7 +105,24 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
     // (`20000Pi`), so this is reachable.
     let cm = match resources::config_map(&dc, &names, &owner) {
         Ok(cm) => cm,
-        Err(msg) => return write_invalid(&dc, &ctx, &ns, msg).await,
+        Err(msg) => {
+            write_invalid(&dc, &ctx, &ns, "InvalidSpec", msg).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    // The certificates come before anything that talks to the nodes or starts them: the
+    // operator calls the nodes with the admin identity, and node pods mount theirs.
+    let tls = if dc.spec.tls.enabled {
+        match crate::tls::ensure(&ctx, &dc, &names, &owner).await? {
+            Ok(tls) => Some(tls),
+            Err(msg) => {
+                // Fixed by deleting or repairing a Secret, which is not watched: look again.
+                write_invalid(&dc, &ctx, &ns, "CertificatesUnusable", msg).await?;
+                return Ok(Action::requeue(ctx.busy_requeue));
+            }
+        }
+    } else {
+        None
     };
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let sts = sts_api.get_opt(&names.statefulset()).await?;
@@ -120,10 +137,13 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
         .unwrap_or(0);
     let pods = sts_status.as_ref().map(|s| s.replicas).unwrap_or(0);
 
-    let node_seeds = seeds(&names, current.unwrap_or(dc.spec.replicas));
+    let target_nodes = Target {
+        seeds: seeds(&names, current.unwrap_or(dc.spec.replicas)),
+        tls,
+    };
     let (state, rebalance) = if ready > 0 {
-        let state = ctx.admin.state(node_seeds.clone()).await;
-        let rebalance = ctx.admin.rebalance(node_seeds.clone()).await;
+        let state = ctx.admin.state(target_nodes.clone()).await;
+        let rebalance = ctx.admin.rebalance(target_nodes.clone()).await;
         (state, Some(rebalance))
     } else {
         (
@@ -158,7 +178,7 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
             )
             .await;
         }
-        Step::Drain { node } => match ctx.admin.drain(node_seeds.clone(), *node).await {
+        Step::Drain { node } => match ctx.admin.drain(target_nodes.clone(), *node).await {
             Ok(()) => {
                 ctx.event(
                     &*dc,
@@ -171,7 +191,7 @@ async fn apply(dc: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action> {
             }
             Err(e) => step_error = Some(e.to_string()),
         },
-        Step::Remove { node } => match ctx.admin.remove(node_seeds.clone(), *node).await {
+        Step::Remove { node } => match ctx.admin.remove(target_nodes.clone(), *node).await {
             Ok(_) => {
                 ctx.event(
                     &*dc,
@@ -347,17 +367,22 @@ async fn patch_status(
     Ok(())
 }
 
-async fn write_invalid(dc: &DfsCluster, ctx: &Context, ns: &str, msg: String) -> Result<Action> {
+async fn write_invalid(
+    dc: &DfsCluster,
+    ctx: &Context,
+    ns: &str,
+    reason: &str,
+    msg: String,
+) -> Result<()> {
     let mut status = dc.status.clone().unwrap_or_default();
     let previous = status.conditions.clone();
     status.observed_generation = dc.metadata.generation;
     status.conditions = merge(
         &previous,
-        vec![cond(DEGRADED, true, "InvalidSpec", msg)],
+        vec![cond(DEGRADED, true, reason, msg)],
         dc.metadata.generation,
     );
-    patch_status(ctx, ns, &dc.name_any(), &status).await?;
-    Ok(Action::await_change())
+    patch_status(ctx, ns, &dc.name_any(), &status).await
 }
 
 /// Everything the conditions are computed from.

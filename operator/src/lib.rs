@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod run;
+pub mod tls;
 pub mod volume;
 
 #[cfg(test)]

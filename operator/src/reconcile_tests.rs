@@ -4,7 +4,8 @@ use crate::testing::{api_server, condition, context, Expect, FakeAdmin, Reply};
 use crate::{cluster, volume};
 use kube::ResourceExt;
 use ringfs_api::{
-    AccessMode, DfsCluster, DfsClusterSpec, DfsClusterStatus, DfsVolume, DfsVolumeSpec, StorageSpec,
+    AccessMode, DfsCluster, DfsClusterSpec, DfsClusterStatus, DfsVolume, DfsVolumeSpec,
+    StorageSpec, TlsSpec,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -26,6 +27,10 @@ fn dfs_cluster(replicas: i32, finalizer: bool) -> DfsCluster {
                 delete_claims_on_scale_down: false,
             },
             resources: None,
+            tls: TlsSpec {
+                enabled: false,
+                ..Default::default()
+            },
         },
     );
     dc.metadata.namespace = Some(NS.into());
@@ -655,4 +660,166 @@ async fn deleted_volume_is_removed_from_the_cluster_then_released() {
     run_volume(dv, admin.clone(), script).await;
     assert_eq!(admin.calls(), vec!["delete data"]);
     assert!(admin.volumes.lock().unwrap().is_empty());
+}
+
+const SECRETS: &str = "/api/v1/namespaces/ns/secrets";
+
+fn with_tls(mut dc: DfsCluster) -> DfsCluster {
+    dc.spec.tls = TlsSpec::default();
+    dc
+}
+
+/// First reconcile of a cluster with TLS: the CA and the three identities are issued
+/// into owned Secrets before the StatefulSet, which mounts the node Secret.
+#[tokio::test]
+async fn tls_cluster_gets_its_certificates_before_its_pods() {
+    let admin = Arc::new(FakeAdmin::default());
+    let names = ["c1-ca", "c1-node-tls", "c1-client-tls", "c1-admin-tls"];
+    let mut script: Vec<Expect> = names
+        .iter()
+        .map(|n| Expect::new("GET", format!("{SECRETS}/{n}"), Reply::NotFound))
+        .collect();
+    for n in names {
+        script.push(
+            Expect::new("PATCH", format!("{SECRETS}/{n}"), Reply::Echo)
+                .query(SSA)
+                .check(move |b| {
+                    assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "uid-c1");
+                    let keys: Vec<&str> = b["data"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    if n == "c1-ca" {
+                        assert_eq!(b["type"], "Opaque");
+                        assert_eq!(keys, ["ca.crt", "ca.key"]);
+                    } else {
+                        assert_eq!(b["type"], "kubernetes.io/tls");
+                        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+                        assert!(b["metadata"]["annotations"]["ringfs.io/issued-for"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("90d"));
+                    }
+                }),
+        );
+    }
+    script.push(Expect::new("POST", EVENTS, Reply::Echo).check(|b| {
+        assert_eq!(b["reason"], "CertificatesIssued", "{b}");
+        let note = b["note"].as_str().unwrap();
+        assert!(note.contains("c1-node-tls (missing)"), "{note}");
+    }));
+    script.push(Expect::new(
+        "GET",
+        "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+        Reply::NotFound,
+    ));
+    let mut applies = owned_applies(3);
+    let sts = applies.pop().unwrap();
+    applies.push(sts.check(|b| {
+        assert_eq!(b["spec"]["replicas"], 3);
+        assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "uid-c1");
+        let pod = &b["spec"]["template"]["spec"];
+        let tls = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .expect("the node Secret is mounted");
+        assert_eq!(tls["secret"]["secretName"], "c1-node-tls");
+    }));
+    script.extend(applies);
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Available")["reason"], "NodesStarting");
+    }));
+    let bodies = run_cluster(with_tls(dfs_cluster(3, true)), admin.clone(), script).await;
+    // The node certificate verifies against the CA written with it.
+    let pem = |i: usize, key: &str| {
+        let b64 = bodies[4 + i]["data"][key].as_str().unwrap().to_string();
+        String::from_utf8(base64_decode(&b64)).unwrap()
+    };
+    let ca = ringfs_tls::CertAuthority::from_pem(&pem(0, "ca.crt"), &pem(0, "ca.key")).unwrap();
+    assert_eq!(ca.cert_pem().trim(), pem(1, "ca.crt").trim());
+    assert!(admin.calls().is_empty());
+}
+
+/// Once the Secrets exist, a reconcile reads them, writes none, and calls the cluster with
+/// the admin identity.
+#[tokio::test]
+async fn tls_cluster_is_called_with_the_admin_identity() {
+    let dc = with_tls(dfs_cluster(3, true));
+    let names = crate::resources::Names::new("c1", NS);
+    let owner = kube::Resource::controller_owner_ref(&dc, &()).unwrap();
+    let plan = crate::tls::plan(
+        &dc,
+        &names,
+        &owner,
+        &Default::default(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let admin = Arc::new(FakeAdmin::with_members(&[
+        (1, "active"),
+        (2, "active"),
+        (3, "active"),
+    ]));
+    let mut script: Vec<Expect> = plan
+        .apply
+        .iter()
+        .map(|(s, _)| {
+            Expect::new(
+                "GET",
+                format!("{SECRETS}/{}", s.metadata.name.as_deref().unwrap()),
+                Reply::Json(to_value(s)),
+            )
+        })
+        .collect();
+    script.push(Expect::new(
+        "GET",
+        "/apis/apps/v1/namespaces/ns/statefulsets/c1",
+        Reply::Json(sts_json(3, 3)),
+    ));
+    script.extend(owned_applies(3));
+    script.push(status_patch(|b| {
+        assert_eq!(condition(b, "Available")["status"], "True");
+    }));
+    run_cluster(dc, admin.clone(), script).await;
+    let tls = admin.tls.lock().unwrap().clone();
+    assert!(!tls.is_empty() && tls.iter().all(|t| *t), "{tls:?}");
+}
+
+/// A CA Secret that cannot be used is reported on the DfsCluster, never replaced.
+#[tokio::test]
+async fn unusable_ca_secret_is_reported() {
+    let admin = Arc::new(FakeAdmin::default());
+    let bad = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "c1-ca", "namespace": NS},
+        "data": {"ca.crt": "bm90IGEgY2VydA==", "ca.key": "bm90IGEga2V5"}});
+    let mut script = vec![Expect::new(
+        "GET",
+        format!("{SECRETS}/c1-ca"),
+        Reply::Json(bad),
+    )];
+    for n in ["c1-node-tls", "c1-client-tls", "c1-admin-tls"] {
+        script.push(Expect::new(
+            "GET",
+            format!("{SECRETS}/{n}"),
+            Reply::NotFound,
+        ));
+    }
+    script.push(status_patch(|b| {
+        let d = condition(b, "Degraded");
+        assert_eq!(d["reason"], "CertificatesUnusable");
+        let msg = d["message"].as_str().unwrap();
+        assert!(msg.contains("Secret c1-ca holds no usable CA"), "{msg}");
+    }));
+    run_cluster(with_tls(dfs_cluster(3, true)), admin.clone(), script).await;
+    assert!(admin.calls().is_empty());
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let v: k8s_openapi::ByteString =
+        serde_json::from_value(Value::String(s.to_string())).expect("base64");
+    v.0
 }

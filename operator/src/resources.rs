@@ -6,11 +6,12 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
-    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -254,22 +255,65 @@ pub fn statefulset(
 ) -> StatefulSet {
     let labels = names.labels();
     let storage = &dc.spec.storage;
+    let mut env = vec![EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        },
+        // The root file system is read-only; scratch space for the process.
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if dc.spec.tls.enabled {
+        // The node re-reads this directory every 30 s: the kubelet refreshes the files
+        // when the operator renews the Secret, so no restart is needed.
+        env.push(EnvVar {
+            name: "RINGFS_TLS_DIR".into(),
+            value: Some(crate::tls::NODE_TLS_DIR.into()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: crate::tls::NODE_TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(crate::tls::Leaf::Node.secret(names)),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: "node".into(),
         image: Some(dc.spec.image.clone()),
         image_pull_policy: dc.spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["sh".into(), "-c".into(), START_SCRIPT.into()]),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(env),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: names.config_map(),
@@ -292,11 +336,16 @@ pub fn statefulset(
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: dc.spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: DATA_DIR.into(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
             ..Default::default()
-        }]),
+        }),
         ..Default::default()
     };
     let spread_term = PodAffinityTerm {
@@ -333,6 +382,15 @@ pub fn statefulset(
             ..Default::default()
         }]),
         termination_grace_period_seconds: Some(30),
+        volumes: Some(volumes),
+        security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        automount_service_account_token: Some(false),
         ..Default::default()
     };
     let claim = PersistentVolumeClaim {
@@ -420,6 +478,7 @@ mod tests {
                     delete_claims_on_scale_down: true,
                 },
                 resources: None,
+                tls: Default::default(),
             },
         );
         dc.metadata.namespace = Some("ns".into());
@@ -477,6 +536,40 @@ mod tests {
             Some("/readyz")
         );
         assert!(c.command.as_ref().unwrap()[2].contains("--bootstrap"));
+        // TLS (the default): the node Secret is mounted and named to the node.
+        let env = c.env.as_ref().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "RINGFS_TLS_DIR" && e.value.as_deref() == Some("/etc/ringfs/tls")));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn node_secret_is_mounted_only_with_tls() {
+        let n = Names::new("c1", "ns");
+        let owner = OwnerReference::default();
+        let volumes = |dc: &DfsCluster| {
+            statefulset(dc, &n, &owner, 3, 3)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .volumes
+                .unwrap()
+        };
+        let dc = cluster();
+        let tls = volumes(&dc);
+        let secret = tls.iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(
+            secret.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("c1-node-tls")
+        );
+        let mut plain = cluster();
+        plain.spec.tls.enabled = false;
+        assert!(volumes(&plain).iter().all(|v| v.name != "tls"));
     }
 
     #[test]

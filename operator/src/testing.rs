@@ -326,6 +326,8 @@ pub struct FakeAdmin {
     pub volumes: Mutex<Vec<(String, VolumeInfo)>>,
     pub calls: Mutex<Vec<String>>,
     pub drain_refusal: Mutex<Option<String>>,
+    /// For every call, in order: whether it carried a TLS identity.
+    pub tls: Mutex<Vec<bool>>,
 }
 
 impl FakeAdmin {
@@ -358,6 +360,10 @@ impl FakeAdmin {
         self.calls.lock().unwrap().clone()
     }
 
+    fn saw(&self, target: &crate::admin::Target) {
+        self.tls.lock().unwrap().push(target.tls.is_some());
+    }
+
     fn record(&self, call: String) {
         self.calls.lock().unwrap().push(call);
     }
@@ -368,13 +374,16 @@ fn unavailable<T>(o: Option<T>) -> AdminResult<T> {
 }
 
 impl Admin for FakeAdmin {
-    fn state(&self, _seeds: Vec<String>) -> BoxFuture<'_, AdminResult<ClusterState>> {
+    fn state(&self, target: crate::admin::Target) -> BoxFuture<'_, AdminResult<ClusterState>> {
+        self.saw(&target);
         Box::pin(async move { unavailable(self.state.lock().unwrap().clone()) })
     }
-    fn rebalance(&self, _seeds: Vec<String>) -> BoxFuture<'_, AdminResult<Rebalance>> {
+    fn rebalance(&self, target: crate::admin::Target) -> BoxFuture<'_, AdminResult<Rebalance>> {
+        self.saw(&target);
         Box::pin(async move { unavailable(self.rebalance.lock().unwrap().clone()) })
     }
-    fn drain(&self, _seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<()>> {
+    fn drain(&self, target: crate::admin::Target, node: u64) -> BoxFuture<'_, AdminResult<()>> {
+        self.saw(&target);
         Box::pin(async move {
             self.record(format!("drain {node}"));
             match self.drain_refusal.lock().unwrap().clone() {
@@ -383,13 +392,19 @@ impl Admin for FakeAdmin {
             }
         })
     }
-    fn remove(&self, _seeds: Vec<String>, node: u64) -> BoxFuture<'_, AdminResult<bool>> {
+    fn remove(&self, target: crate::admin::Target, node: u64) -> BoxFuture<'_, AdminResult<bool>> {
+        self.saw(&target);
         Box::pin(async move {
             self.record(format!("remove {node}"));
             Ok(true)
         })
     }
-    fn volume(&self, _seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
+    fn volume(
+        &self,
+        target: crate::admin::Target,
+        name: String,
+    ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
+        self.saw(&target);
         Box::pin(async move {
             self.volumes
                 .lock()
@@ -402,12 +417,13 @@ impl Admin for FakeAdmin {
     }
     fn create_volume(
         &self,
-        _seeds: Vec<String>,
+        target: crate::admin::Target,
         name: String,
         capacity: u64,
         replication: u32,
         source: Option<crate::admin::VolumeSource>,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
+        self.saw(&target);
         Box::pin(async move {
             match source {
                 None => self.record(format!("create {name} {capacity} {replication}")),
@@ -427,10 +443,11 @@ impl Admin for FakeAdmin {
     }
     fn resize_volume(
         &self,
-        _seeds: Vec<String>,
+        target: crate::admin::Target,
         name: String,
         capacity: u64,
     ) -> BoxFuture<'_, AdminResult<VolumeInfo>> {
+        self.saw(&target);
         Box::pin(async move {
             self.record(format!("resize {name} {capacity}"));
             let mut vols = self.volumes.lock().unwrap();
@@ -442,7 +459,12 @@ impl Admin for FakeAdmin {
             Ok(v.1.clone())
         })
     }
-    fn delete_volume(&self, _seeds: Vec<String>, name: String) -> BoxFuture<'_, AdminResult<bool>> {
+    fn delete_volume(
+        &self,
+        target: crate::admin::Target,
+        name: String,
+    ) -> BoxFuture<'_, AdminResult<bool>> {
+        self.saw(&target);
         Box::pin(async move {
             self.record(format!("delete {name}"));
             let mut vols = self.volumes.lock().unwrap();

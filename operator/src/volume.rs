@@ -181,6 +181,16 @@ async fn ensure(dv: &DfsVolume, ctx: &Context, ns: &str) -> Result<Outcome> {
         ));
     }
     let seeds = vec![Names::new(&dv.spec.cluster, ns).client_addr()];
+    let seeds = match crate::tls::target(ctx, &dc, seeds).await? {
+        Ok(t) => t,
+        Err(msg) => {
+            return Ok(Outcome::not_ready(
+                VolumePhase::Pending,
+                "CertificatesPending",
+                msg,
+            ))
+        }
+    };
     let existing = match ctx.admin.volume(seeds.clone(), vol_name.clone()).await {
         Ok(v) => Some(v),
         Err(AdminError::NotFound) => None,
@@ -289,13 +299,16 @@ async fn cleanup(dv: Arc<DfsVolume>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let clusters: Api<DfsCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    if clusters.get_opt(&dv.spec.cluster).await?.is_none() {
+    let Some(dc) = clusters.get_opt(&dv.spec.cluster).await? else {
         tracing::warn!(cluster = %dv.spec.cluster, "cluster is gone; nothing to delete");
         return Ok(Action::await_change());
-    }
+    };
     // Deleted even when the status never recorded a volume id: a create may have
     // succeeded without its status being written.
     let seeds = vec![Names::new(&dv.spec.cluster, &ns).client_addr()];
+    let seeds = crate::tls::target(&ctx, &dc, seeds)
+        .await?
+        .map_err(Error::Waiting)?;
     let deleted = ctx.admin.delete_volume(seeds, vol_name.clone()).await?;
     ctx.event(
         &*dv,

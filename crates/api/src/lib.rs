@@ -113,6 +113,50 @@ pub struct DfsClusterSpec {
     /// CPU and memory of every node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Mutual TLS between the nodes and their clients, with certificates the operator
+    /// issues and renews.
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+/// Default lifetime of the node, client and admin certificates the operator issues.
+pub const DEFAULT_CERTIFICATE_DAYS: u32 = 90;
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_certificate_days() -> u32 {
+    DEFAULT_CERTIFICATE_DAYS
+}
+
+/// Mutual TLS of a cluster. When enabled (the default), the operator keeps a cluster CA in
+/// the Secret `<name>-ca` and issues from it `<name>-node-tls` (mounted by every node),
+/// `<name>-client-tls` (for the CSI driver and mounts) and `<name>-admin-tls` (for the
+/// operator and the `ringfs` CLI); each is re-issued once two thirds of its lifetime have
+/// passed, and nodes pick up the new one without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// Require mutual TLS on every connection to the nodes. Fixed when the cluster is
+    /// created: nodes with and without TLS cannot talk to each other.
+    #[serde(default = "default_true")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tls.enabled is fixed when the cluster is created: nodes with and without TLS cannot talk to each other; create a new DfsCluster to change it"))]
+    pub enabled: bool,
+    /// Lifetime in days of the node, client and admin certificates (the CA lives ten
+    /// years). Renewed when a third of it is left.
+    #[serde(default = "default_certificate_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub certificate_days: u32,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            enabled: true,
+            certificate_days: DEFAULT_CERTIFICATE_DAYS,
+        }
+    }
 }
 
 /// Persistent storage of one node.

@@ -6,7 +6,7 @@
 
 use ringfs_proto::MAX_MESSAGE_BYTES;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -44,6 +44,8 @@ impl Interceptor for Credentials {
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Arc<RwLock<Option<ClientTlsConfig>>>,
+    /// How many times the TLS configuration was replaced.
+    tls_changes: Arc<std::sync::atomic::AtomicU64>,
     credentials: Credentials,
 }
 
@@ -106,8 +108,14 @@ impl ChannelPool {
         Ok(ChannelPool {
             channels: Default::default(),
             tls: Arc::new(RwLock::new(tls)),
+            tls_changes: Default::default(),
             credentials: Credentials { bearer },
         })
+    }
+
+    /// How many times [`Self::set_tls`] replaced the TLS configuration (rotations seen).
+    pub fn tls_changes(&self) -> u64 {
+        self.tls_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether channels use TLS.
@@ -120,6 +128,8 @@ impl ChannelPool {
     /// calls already holding a channel finish on the old connection.
     pub fn set_tls(&self, tls: Option<ClientTlsConfig>) {
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.tls_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -165,6 +175,40 @@ impl ChannelPool {
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// Follows certificate rotation: every `every`, re-reads `dir` and, when its files
+    /// changed and hold a valid identity, switches the pool to it (see [`Self::set_tls`]).
+    /// A directory that does not load (half-written, expired) keeps the current identity
+    /// and is tried again at the next tick. Runs until the returned task is aborted.
+    pub fn watch_tls_dir(&self, dir: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut seen = ringfs_tls::TlsMaterial::contents(&dir);
+            let mut failed = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = ringfs_tls::TlsMaterial::contents(&dir);
+                if now.is_none() || now == seen || now == failed {
+                    continue;
+                }
+                match ringfs_tls::TlsMaterial::load(&dir) {
+                    Ok(m) => {
+                        pool.set_tls(Some(m.client_tls()));
+                        seen = now;
+                        tracing::info!(dir = %dir.display(), "TLS identity changed; new connections use it");
+                    }
+                    Err(e) => {
+                        // Said once per content; a later change is tried again.
+                        failed = now;
+                        tracing::warn!(error = %e, "the TLS directory changed but does not load; keeping the current identity")
+                    }
+                }
+            }
+        })
     }
 
     /// Max message sizes applied to every generated client.

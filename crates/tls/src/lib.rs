@@ -18,7 +18,7 @@ pub mod material;
 pub mod server;
 
 pub use issue::{CertAuthority, IssueOptions};
-pub use material::{needs_renewal, peer_role, role_of_der, TlsMaterial};
+pub use material::{client_tls_from_pem, needs_renewal, peer_role, role_of_der, TlsMaterial};
 pub use server::{ReloadingAcceptor, TlsIncoming};
 
 use std::fmt;

@@ -163,6 +163,15 @@ fn client_verifier(
         .map_err(|e| format!("cannot be used to verify peers ({e})"))
 }
 
+/// The client side of mutual TLS from PEM text (e.g. a Kubernetes Secret's `ca.crt`,
+/// `tls.crt` and `tls.key`): verify nodes against `ca_pem`, present `cert_pem`.
+pub fn client_tls_from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(HANDSHAKE_TIMEOUT)
+}
+
 impl TlsMaterial {
     /// Reads and checks `dir`: each file present and valid PEM, the key belonging to the
     /// certificate, the certificate signed by the CA and currently valid.
@@ -289,10 +298,7 @@ impl TlsMaterial {
     /// The client side: verify the node against the CA (and its name against the address
     /// dialled), and present this certificate.
     pub fn client_tls(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+        client_tls_from_pem(&self.ca_pem, &self.cert_pem, &self.key_pem)
     }
 
     /// The bytes of the three files, to notice when any of them changes.
@@ -303,6 +309,48 @@ impl TlsMaterial {
             all.push(0);
         }
         Some(all)
+    }
+
+    /// Copies the identity in `from` into `to` (created, mode 0700) when the two differ
+    /// and `from` loads cleanly; returns whether it copied. Each file is replaced by a
+    /// rename, so a reader sees whole files; one that reads between two renames sees a
+    /// certificate and key that do not match, fails to load, and tries again later.
+    /// Used by the CSI node plugin to keep the identity of the mounts it starts in a
+    /// directory that outlives its pod.
+    pub fn mirror_dir(from: &Path, to: &Path) -> Result<bool, TlsError> {
+        if Self::contents(from).is_some() && Self::contents(from) == Self::contents(to) {
+            return Ok(false);
+        }
+        let material = Self::load(from)?;
+        std::fs::create_dir_all(to).map_err(|e| TlsError::io(to, e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| TlsError::io(to, e))?;
+        }
+        for (name, text) in [
+            (KEY_FILE, &material.key_pem),
+            (CERT_FILE, &material.cert_pem),
+            (CA_FILE, &material.ca_pem),
+        ] {
+            let tmp = to.join(format!(".{name}.tmp"));
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| TlsError::io(&tmp, e))?;
+                f.write_all(text.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| TlsError::io(&tmp, e))?;
+            }
+            std::fs::rename(&tmp, to.join(name)).map_err(|e| TlsError::io(to.join(name), e))?;
+        }
+        Ok(true)
     }
 }
 
@@ -316,6 +364,27 @@ mod tests {
             .unwrap()
             .write_dir(dir, true)
             .unwrap();
+    }
+
+    #[test]
+    fn mirror_copies_only_valid_changed_identities() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        let ca = CertAuthority::generate("m", DEFAULT_CA_VALIDITY).unwrap();
+        party(&src, &ca, Role::Client);
+        assert!(TlsMaterial::mirror_dir(&src, &dst).unwrap());
+        assert_eq!(TlsMaterial::contents(&src), TlsMaterial::contents(&dst));
+        TlsMaterial::load(&dst).unwrap();
+        assert!(!TlsMaterial::mirror_dir(&src, &dst).unwrap(), "unchanged");
+        // Renewed: copied again.
+        party(&src, &ca, Role::Client);
+        assert!(TlsMaterial::mirror_dir(&src, &dst).unwrap());
+        assert_eq!(TlsMaterial::contents(&src), TlsMaterial::contents(&dst));
+        // A broken source never replaces a working copy.
+        let before = TlsMaterial::contents(&dst);
+        std::fs::write(src.join(KEY_FILE), "garbage").unwrap();
+        assert!(TlsMaterial::mirror_dir(&src, &dst).is_err());
+        assert_eq!(TlsMaterial::contents(&dst), before);
     }
 
     fn err_of(dir: &Path) -> String {

@@ -374,17 +374,35 @@ pub async fn apply_json(api: &Api<DynamicObject>, obj: &Value) -> Result<(), Str
 /// Runs `script` with busybox sh in a pod of the ringfs image (which has the `ringfs`
 /// CLI) and returns its output; fails with the output when the script fails.
 pub async fn run_pod(ns: &TestNamespace, name: &str, script: &str) -> Result<String> {
+    run_pod_with(ns, name, script, None).await
+}
+
+/// Like [`run_pod`], with the Secret `tls_secret` (a TLS identity: ca.crt, tls.crt,
+/// tls.key) mounted at `/tls` and `RINGFS_TLS_DIR=/tls`, so `ringfs` presents it.
+pub async fn run_pod_with(
+    ns: &TestNamespace,
+    name: &str,
+    script: &str,
+    tls_secret: Option<&str>,
+) -> Result<String> {
     let pods: Api<Pod> = ns.api();
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "c", "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", script],
+        }],
+    });
+    if let Some(secret) = tls_secret {
+        spec["volumes"] = json!([{"name": "tls", "secret": {"secretName": secret}}]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{"name": "tls", "mountPath": "/tls", "readOnly": true}]);
+        spec["containers"][0]["env"] = json!([{"name": "RINGFS_TLS_DIR", "value": "/tls"}]);
+    }
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "c", "image": ringfs_image(), "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", script],
-            }],
-        }
+        "spec": spec,
     }))?;
     pods.create(&PostParams::default(), &pod)
         .await

@@ -18,7 +18,7 @@ use ringfs_api::{DfsCluster, DfsVolume, VolumePhase};
 use ringfs_e2e::{
     apply_json, busybox_image, cluster_json, condition, delete_pvs, dyn_api, helm_binary,
     helm_install, in_namespace, make_pvs, pod_phase, pod_ready, poll, random_suffix, ringfs_image,
-    run_pod, version, wait_cluster, TestNamespace,
+    run_pod_with, version, wait_cluster, TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -144,7 +144,14 @@ async fn volume_handle(pvs: &Api<PersistentVolume>, pv: &str) -> Result<String> 
 
 /// The volume names `ringfs volume ls` prints, via a pod of the ringfs image.
 async fn cluster_volumes(ns: &TestNamespace, pod: &str) -> Result<String> {
-    run_pod(ns, pod, "ringfs --cluster c:7420 volume ls").await
+    // The DfsCluster runs mutual TLS: present the client certificate the operator issued.
+    run_pod_with(
+        ns,
+        pod,
+        "ringfs --cluster c:7420 volume ls",
+        Some("c-client-tls"),
+    )
+    .await
 }
 
 const WRITER: &str = r#"

@@ -13,16 +13,22 @@ use kube::Api;
 use ringfs_api::{DfsCluster, DfsVolume};
 use ringfs_e2e::{
     apply_json, cluster_json, condition, delete_pvs, dyn_api, helm_install, in_namespace, make_pvs,
-    poll, random_suffix, run_pod, sha256_in, wait_cluster, TestNamespace,
+    poll, random_suffix, run_pod, run_pod_with, sha256_in, wait_cluster, TestNamespace,
 };
 use serde_json::json;
 
+/// The client and admin identities the operator issues for DfsCluster `c` (mutual TLS is
+/// the default).
+const CLIENT: &str = "c-client-tls";
+const ADMIN: &str = "c-admin-tls";
+
 /// Reads `data:/f` back through the cluster's client Service and returns its sha256.
 async fn read_back(ns: &TestNamespace, pod: &str) -> Result<String> {
-    let logs = run_pod(
+    let logs = run_pod_with(
         ns,
         pod,
         "ringfs --cluster c:7420 get data:/f /tmp/g && sha256sum /tmp/g",
+        Some(CLIENT),
     )
     .await?;
     sha256_in(&logs).with_context(|| format!("no checksum in: {logs}"))
@@ -63,6 +69,25 @@ async fn operator_invalid_specs_are_rejected() -> Result<()> {
             .expect_err("changing partitions must be rejected");
         ensure!(
             err.contains("spec.partitions is fixed"),
+            "unclear message: {err}"
+        );
+        // Nodes with and without TLS cannot talk: TLS is fixed at creation too.
+        let mut plain = cluster_json("fixed", 3, 3, "none");
+        plain["spec"]["tls"] = json!({"enabled": false});
+        let err = apply_json(&api, &plain)
+            .await
+            .expect_err("turning TLS off must be rejected");
+        ensure!(
+            err.contains("spec.tls.enabled is fixed"),
+            "unclear message: {err}"
+        );
+        let mut days = cluster_json("bad-days", 3, 3, "none");
+        days["spec"]["tls"] = json!({"certificateDays": 0});
+        let err = apply_json(&api, &days)
+            .await
+            .expect_err("a zero certificate lifetime must be rejected");
+        ensure!(
+            err.contains("spec.tls.certificateDays"),
             "unclear message: {err}"
         );
         let (vols, _) = dyn_api::<DfsVolume>(&ns);
@@ -154,12 +179,43 @@ async fn operator_cluster_lifecycle() -> Result<()> {
             })
             .await?;
 
-            // Data written before any scaling, checked after each step.
+            // Mutual TLS: the operator issued the CA and three identities; a client
+            // without a certificate is refused, and a client certificate may not
+            // administer the cluster.
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+            for s in ["c-ca", "c-node-tls", CLIENT, ADMIN] {
+                ensure!(
+                    secrets.get_opt(s).await?.is_some(),
+                    "the operator did not issue Secret {s}"
+                );
+            }
             let logs = run_pod(
+                &ns,
+                "no-cert",
+                "if ringfs --cluster c:7420 volume ls; then echo UNEXPECTED; exit 1; fi",
+            )
+            .await?;
+            eprintln!("without a certificate: {logs}");
+            let logs = run_pod_with(
+                &ns,
+                "client-cert-admin-op",
+                "if ringfs --cluster c:7420 volume create nope --size 1MiB; \
+                 then echo UNEXPECTED; exit 1; fi",
+                Some(CLIENT),
+            )
+            .await?;
+            ensure!(
+                logs.contains("admin"),
+                "a client certificate must be refused admin calls with a clear message: {logs}"
+            );
+
+            // Data written before any scaling, checked after each step.
+            let logs = run_pod_with(
                 &ns,
                 "writer",
                 "head -c 6000000 /dev/urandom > /tmp/f && sha256sum /tmp/f && \
                  ringfs --cluster c:7420 put /tmp/f data:/f",
+                Some(CLIENT),
             )
             .await?;
             let want = sha256_in(&logs).with_context(|| format!("no checksum in: {logs}"))?;
@@ -169,10 +225,11 @@ async fn operator_cluster_lifecycle() -> Result<()> {
             );
 
             // A DfsVolume created from a snapshot of it holds the same file.
-            run_pod(
+            run_pod_with(
                 &ns,
                 "snap",
                 "ringfs --cluster c:7420 snapshot create data snap1",
+                Some(ADMIN),
             )
             .await?;
             apply_json(
@@ -192,10 +249,11 @@ async fn operator_cluster_lifecycle() -> Result<()> {
                     .then_some(()))
             })
             .await?;
-            let logs = run_pod(
+            let logs = run_pod_with(
                 &ns,
                 "read-copy",
                 "ringfs --cluster c:7420 get copy:/f /tmp/g && sha256sum /tmp/g",
+                Some(CLIENT),
             )
             .await?;
             ensure!(
