@@ -61,12 +61,14 @@ cargo test -p ringfs-node --locked --test membership -- --test-threads=1 --nocap
 
 # ---- fault injection (issue 8) ------------------------------------------------------
 stage "fault injection (5 nodes in network namespaces; history checked for lost writes and linearizability)"
-# Needs root, ip/tc (iproute2) and iptables. RINGFS_FAULTS_SECS (default 90) makes it
+# Needs root, ip/tc (iproute2), iptables, libfaketime and a blkio/io cgroup controller. RINGFS_FAULTS_SECS (default 90) makes it
 # longer, RINGFS_FAULTS_SEED replays a printed schedule.
 fault_pkgs=()
 command -v ip >/dev/null 2>&1 || fault_pkgs+=(iproute2)
 command -v tc >/dev/null 2>&1 || fault_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || fault_pkgs+=(iptables)
+# libfaketime: wall-clock jumps of single nodes.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || fault_pkgs+=(faketime)
 if ((${#fault_pkgs[@]})); then
     echo "installing Debian packages: ${fault_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -78,6 +80,9 @@ cargo test -p ringfs-node --locked --test faults -- --test-threads=1 --nocapture
 
 stage "mutual TLS tests (certified clients admitted; no cert, foreign CA, expired cert and plaintext refused; roles; rotation)"
 cargo test -p ringfs-node --locked --test tls -- --nocapture
+
+stage "chart lint and manifest security scan (helm lint; checkov on the rendered chart)"
+bash "$ROOT/scripts/chart-scan.sh"
 
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)

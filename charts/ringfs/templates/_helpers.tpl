@@ -49,3 +49,30 @@ client Service of csi.dfsCluster in the release namespace.
 {{- fail "csi.clusterAddress or csi.dfsCluster is required when csi.enabled (the ringfs cluster the driver uses)" -}}
 {{- end -}}
 {{- end }}
+
+{{/*
+The Secret holding the CSI driver's client certificate, or nothing for plaintext.
+*/}}
+{{- define "ringfs.csiTlsSecret" -}}
+{{- if .Values.csi.tls.enabled -}}
+{{- if .Values.csi.tls.secretName -}}
+{{- .Values.csi.tls.secretName -}}
+{{- else if .Values.csi.dfsCluster -}}
+{{- printf "%s-client-tls" .Values.csi.dfsCluster -}}
+{{- else -}}
+{{- fail "csi.tls.secretName is required when csi.tls.enabled and csi.dfsCluster is empty: a Secret with ca.crt, tls.crt and tls.key of a client certificate of the cluster's CA (`ringfs certs issue --role client`); set csi.tls.enabled=false for a cluster without TLS" -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Container hardening for everything that needs no privilege: no privilege escalation, no
+capabilities, a read-only root file system.
+*/}}
+{{- define "ringfs.restrictedContainer" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+{{- end }}
