@@ -88,7 +88,9 @@ if [ "$PROFILE" = release ]; then
     cargo build --release --locked --bin ringfs-node --bin ringfs --bin ringfs-bench \
         -p ringfs-node -p ringfs-cli -p ringfs-bench
 else
-    cargo build --workspace --locked
+    # The same command as the test suite's build stage (with test targets, so the same
+    # dependency features): after it, this is a no-op instead of a rebuild.
+    cargo build --workspace --all-targets --locked
 fi
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 RINGFS="$BIN/ringfs"
