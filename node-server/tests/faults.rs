@@ -1,7 +1,7 @@
 //! Fault injection: five real `ringfs-node` processes in network namespaces, concurrent
 //! clients doing random file and metadata operations while a seeded nemesis kills nodes,
-//! isolates the leader, partitions the cluster, slows links, fills a disk and corrupts
-//! block files. Every operation is recorded (invoke, complete or unknown, result); after
+//! isolates the leader, partitions the cluster, slows links and disks, fills a disk,
+//! corrupts block files, jumps clocks, and does two of these at once. Every operation is recorded (invoke, complete or unknown, result); after
 //! everything heals, every file is read back byte-exact and the history is checked:
 //! no acknowledged write lost, every read returns a value some write produced, file
 //! contents and directory operations linearizable (`ringfs_core::history`).
@@ -9,12 +9,12 @@
 //! `RINGFS_FAULTS_SEED` replays a schedule (the seed is printed), `RINGFS_FAULTS_SECS`
 //! sets how long faults are injected (default 90 s: the CI run; longer on demand).
 //!
-//! Not injected: clock jumps. Nodes of one VM share the kernel's clock (a time namespace
-//! only offsets the monotonic clocks of new processes, it cannot jump a running one), and
-//! stepping the real clock would disturb every other process on the machine. ringfs'
-//! safety does not rest on wall-clock time (Raft timeouts and read leases use monotonic
-//! clocks). Slow disks are not injected either (only slow links: netem where the kernel
-//! has it, else a token-bucket rate limit and random loss).
+//! Also injected: a slow disk (one node's process throttled by a blkio cgroup to a few
+//! I/O operations per second), wall-clock jumps of one node (libfaketime; forward by up
+//! to three hours or back by up to one, monotonic clocks untouched, as a misbehaving NTP
+//! server would do), and two faults at once (overlapping: e.g. a slow disk on one node
+//! while another is killed). Slow links use netem where the kernel has it, else a
+//! token-bucket rate limit and random loss.
 
 mod common;
 #[path = "faults/netns.rs"]
@@ -71,8 +71,12 @@ enum Fault {
     SlowNetwork,
     DiskFull,
     CorruptBlocks,
+    SlowDisk,
+    ClockJump,
+    /// Two of [`OVERLAPPABLE`] at once, healed in reverse order.
+    Overlapping,
 }
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 10] = [
     Fault::KillNode,
     Fault::IsolateLeader,
     Fault::PartitionMinorityMajority,
@@ -80,7 +84,33 @@ const FAULTS: [Fault; 7] = [
     Fault::SlowNetwork,
     Fault::DiskFull,
     Fault::CorruptBlocks,
+    Fault::SlowDisk,
+    Fault::ClockJump,
+    Fault::Overlapping,
 ];
+/// Faults that can be combined (not killing everything, not two partitions).
+const OVERLAPPABLE: [Fault; 7] = [
+    Fault::KillNode,
+    Fault::IsolateLeader,
+    Fault::SlowNetwork,
+    Fault::DiskFull,
+    Fault::CorruptBlocks,
+    Fault::SlowDisk,
+    Fault::ClockJump,
+];
+
+/// A fault in effect, with what healing it needs.
+enum Active {
+    Killed(u64),
+    Isolated(u64),
+    Partitioned,
+    AllKilled,
+    SlowLinks(u64, u64),
+    DiskFilled,
+    Nothing,
+    SlowDisk(u64),
+    Clock(u64),
+}
 
 /// Operation counts by kind and outcome.
 #[derive(Default)]
@@ -394,31 +424,23 @@ async fn leader(client: &Arc<Cluster>) -> u64 {
     .await
 }
 
-/// Injects one fault, holds it, heals it, and waits until the cluster is available.
-async fn inject(
+/// Starts `fault`; returns what is in effect and a description.
+async fn begin(
     c: &mut NetCluster,
     client: &Arc<Cluster>,
     rng: &mut Rng,
     fault: Fault,
-    notes: &mut Vec<String>,
-) {
-    let hold = rng.millis(2000, 6000);
-    let t = Instant::now();
-    let desc;
+) -> (Active, String) {
     match fault {
         Fault::KillNode => {
             let id = 1 + rng.below(NODES);
             c.kill(id);
-            tokio::time::sleep(hold).await;
-            c.start(id);
-            desc = format!("kill -9 node {id}, restarted");
+            (Active::Killed(id), format!("kill -9 node {id}"))
         }
         Fault::IsolateLeader => {
             let id = leader(client).await;
             c.isolate(id);
-            tokio::time::sleep(hold).await;
-            c.heal_net(id);
-            desc = format!("leader {id} isolated");
+            (Active::Isolated(id), format!("leader {id} isolated"))
         }
         Fault::PartitionMinorityMajority => {
             // Two nodes (the leader among them half the time) against three.
@@ -433,21 +455,16 @@ async fn inject(
             }
             let (minority, majority) = ids.split_at(2);
             c.partition(minority, majority);
-            tokio::time::sleep(hold).await;
-            for i in 1..=NODES {
-                c.heal_net(i);
-            }
-            desc = format!("partition {minority:?} | {majority:?} (leader was {l})");
+            (
+                Active::Partitioned,
+                format!("partition {minority:?} | {majority:?} (leader was {l})"),
+            )
         }
         Fault::KillAllRestart => {
             for i in 1..=NODES {
                 c.kill(i);
             }
-            tokio::time::sleep(rng.millis(500, 2000)).await;
-            for i in 1..=NODES {
-                c.start(i);
-            }
-            desc = "all nodes killed and restarted".to_string();
+            (Active::AllKilled, "all nodes killed".to_string())
         }
         Fault::SlowNetwork => {
             let a = 1 + rng.below(NODES);
@@ -456,29 +473,20 @@ async fn inject(
             for id in [a, b] {
                 how = c.slow_link(id, "4mbit", 2);
             }
-            tokio::time::sleep(hold).await;
-            for id in [a, b] {
-                c.heal_net(id);
-            }
-            desc = format!("slow links ({how}) on nodes {a} and {b}");
+            (
+                Active::SlowLinks(a, b),
+                format!("slow links ({how}) on nodes {a} and {b}"),
+            )
         }
         Fault::DiskFull => {
             let filled = c.fill_disk(SMALL_DISK_NODE);
-            tokio::time::sleep(hold).await;
-            c.free_disk(SMALL_DISK_NODE);
-            let crashed = !c.is_running(SMALL_DISK_NODE);
-            if crashed {
-                c.start(SMALL_DISK_NODE);
-            }
-            desc = format!(
-                "disk of node {SMALL_DISK_NODE} filled ({} MiB){}",
-                filled >> 20,
-                if crashed {
-                    "; the node exited on ENOSPC and was restarted"
-                } else {
-                    ""
-                }
-            );
+            (
+                Active::DiskFilled,
+                format!(
+                    "disk of node {SMALL_DISK_NODE} filled ({} MiB)",
+                    filled >> 20
+                ),
+            )
         }
         Fault::CorruptBlocks => {
             let files = c.block_files(BAD_DISK_NODE);
@@ -488,12 +496,142 @@ async fn inject(
             }
             let seed = rng.next();
             let n = NetCluster::corrupt(&picked, |len| seed % len);
-            desc = format!(
-                "{n} of {} block files on node {BAD_DISK_NODE} corrupted",
-                files.len()
-            );
+            (
+                Active::Nothing,
+                format!(
+                    "{n} of {} block files on node {BAD_DISK_NODE} corrupted",
+                    files.len()
+                ),
+            )
+        }
+        Fault::SlowDisk => {
+            // Not the tmpfs node (no block device to throttle).
+            let id = 1 + rng.below(NODES - 1);
+            if !c.is_running(id) {
+                c.start(id);
+            }
+            let iops = 5 + rng.below(16);
+            match c.slow_disk(id, iops, 1 << 20) {
+                Ok(how) => (
+                    Active::SlowDisk(id),
+                    format!("slow disk on node {id}: {how}"),
+                ),
+                Err(e) => panic!("cannot slow node {id}'s disk: {e}"),
+            }
+        }
+        Fault::ClockJump => {
+            let id = 1 + rng.below(NODES);
+            // Forward up to 3 h or back up to 1 h.
+            let offset = if rng.below(2) == 0 {
+                60 + rng.below(3 * 3600) as i64
+            } else {
+                -(60 + rng.below(3600) as i64)
+            };
+            c.jump_clock(id, offset);
+            (
+                Active::Clock(id),
+                format!("node {id}'s wall clock jumped {offset:+} s"),
+            )
+        }
+        Fault::Overlapping => unreachable!("begin() takes single faults"),
+    }
+}
+
+/// Heals what `begin` started; returns a note about it, if any.
+fn end(c: &mut NetCluster, rng: &mut Rng, active: Active) -> Option<String> {
+    match active {
+        Active::Killed(id) => {
+            if !c.is_running(id) {
+                c.start(id);
+            }
+            None
+        }
+        Active::Isolated(id) => {
+            c.heal_net(id);
+            None
+        }
+        Active::Partitioned => {
+            for i in 1..=NODES {
+                c.heal_net(i);
+            }
+            None
+        }
+        Active::AllKilled => {
+            for i in 1..=NODES {
+                if !c.is_running(i) {
+                    c.start(i);
+                }
+            }
+            None
+        }
+        Active::SlowLinks(a, b) => {
+            c.heal_net(a);
+            c.heal_net(b);
+            None
+        }
+        Active::DiskFilled => {
+            c.free_disk(SMALL_DISK_NODE);
+            let crashed = !c.is_running(SMALL_DISK_NODE);
+            if crashed {
+                c.start(SMALL_DISK_NODE);
+            }
+            crashed.then(|| "the node exited on ENOSPC and was restarted".to_string())
+        }
+        Active::Nothing => None,
+        Active::SlowDisk(id) => {
+            let ios = c.slow_disk_ios(id);
+            c.heal_disk(id);
+            ios.map(|n| format!("{n} throttled I/O operations"))
+        }
+        Active::Clock(id) => {
+            // Set right again, or (one time in three) left a minute off, as after an
+            // imperfect correction.
+            let left = if rng.below(3) == 0 { 60 } else { 0 };
+            c.jump_clock(id, left);
+            (left != 0).then(|| format!("clock left {left} s ahead"))
         }
     }
+}
+
+/// Injects one fault (or two at once), holds it, heals it, and waits until the cluster
+/// is available.
+async fn inject(
+    c: &mut NetCluster,
+    client: &Arc<Cluster>,
+    rng: &mut Rng,
+    fault: Fault,
+    notes: &mut Vec<String>,
+) {
+    let hold = match fault {
+        Fault::KillAllRestart => rng.millis(500, 2000),
+        _ => rng.millis(2000, 6000),
+    };
+    let t = Instant::now();
+    let kinds = if fault == Fault::Overlapping {
+        let a = OVERLAPPABLE[rng.below(OVERLAPPABLE.len() as u64) as usize];
+        let mut b = a;
+        while b == a {
+            b = OVERLAPPABLE[rng.below(OVERLAPPABLE.len() as u64) as usize];
+        }
+        vec![a, b]
+    } else {
+        vec![fault]
+    };
+    let mut active = Vec::new();
+    let mut descs = Vec::new();
+    for k in &kinds {
+        let (a, d) = begin(c, client, rng, *k).await;
+        active.push(a);
+        descs.push(d);
+    }
+    tokio::time::sleep(hold).await;
+    while let Some(a) = active.pop() {
+        if let Some(note) = end(c, rng, a) {
+            let i = active.len();
+            descs[i] = format!("{}; {note}", descs[i]);
+        }
+    }
+    let desc = descs.join(" + ");
     // A node that exited by itself (it should not) is restarted and reported.
     for i in 1..=NODES {
         if !c.is_running(i) {
@@ -630,6 +768,7 @@ async fn faults_history_is_linearizable() {
     // wait for a healthy cluster.
     for i in 1..=NODES {
         c.heal_net(i);
+        c.heal_disk(i);
         if !c.is_running(i) {
             c.start(i);
         }

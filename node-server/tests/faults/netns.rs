@@ -2,7 +2,10 @@
 //! to one bridge in the root namespace (where the test's client runs), and the faults a
 //! nemesis injects into them: kill -9, isolation and partitions (iptables inside the
 //! namespaces), slow and lossy links (tc netem), a full disk (the node's data directory
-//! on a small tmpfs) and corrupted block files.
+//! on a small tmpfs), corrupted block files, a slow disk (the node's process in a blkio
+//! cgroup throttled to a few IO operations per second) and wall-clock jumps (libfaketime
+//! preloaded into every node, shifting its real-time clock by the offset in a file it
+//! re-reads every second; monotonic clocks are left alone, as NTP would).
 //!
 //! Names carry a run number `R` (rfsbrR, rfsRnI, rfsRhI/rfsRpI, 10.77.R.I/24) so reruns
 //! never collide; a run records itself in `/run/ringfs-faults/R` and a later run removes
@@ -12,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const STATE_DIR: &str = "/run/ringfs-faults";
+/// libfaketime's multi-threaded build (Debian package `faketime`).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// cgroup v1 blkio hierarchy (blk-throttle); cgroup v2 machines use `io.max` instead.
+const BLKIO_V1: &str = "/sys/fs/cgroup/blkio";
+const CGROUP_V2: &str = "/sys/fs/cgroup";
 pub const GRPC_PORT: u16 = 7420;
 
 /// Runs a command; `Err` carries its stderr.
@@ -48,7 +56,50 @@ pub fn available() -> Result<(), String> {
     if uid.trim() != "0" {
         return Err("the fault-injection suite needs root (network namespaces)".into());
     }
+    if !Path::new(FAKETIME_LIB).exists() {
+        return Err(format!(
+            "{FAKETIME_LIB} is missing (clock jumps): apt-get install faketime"
+        ));
+    }
+    if !Path::new(BLKIO_V1)
+        .join("blkio.throttle.write_iops_device")
+        .exists()
+        && !Path::new(CGROUP_V2).join("cgroup.subtree_control").exists()
+    {
+        return Err("no blkio (cgroup v1) or io (cgroup v2) controller for slow disks".into());
+    }
     Ok(())
+}
+
+/// `major:minor` of the block device holding `path`, or None for a file system without
+/// one (tmpfs, overlay).
+fn device_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    (major != 0).then(|| format!("{major}:{minor}"))
+}
+
+fn cgroup_dir(run: u32, id: u64) -> PathBuf {
+    let v1 = Path::new(BLKIO_V1);
+    let root = if v1.exists() {
+        v1
+    } else {
+        Path::new(CGROUP_V2)
+    };
+    root.join(format!("ringfs-faults-{run}-{id}"))
+}
+
+/// Moves every process of cgroup `dir` back to the root and removes it.
+fn remove_cgroup(dir: &Path) {
+    let Some(root) = dir.parent() else { return };
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(root.join("cgroup.procs"), pid);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Removes namespaces, bridges, mounts and processes of earlier runs whose test process
@@ -85,6 +136,16 @@ fn ns_name(run: u32, i: u64) -> String {
 }
 
 fn teardown_run(run: u32, mounts: &[String]) {
+    for root in [BLKIO_V1, CGROUP_V2] {
+        for d in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if d.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("ringfs-faults-{run}-"))
+            {
+                remove_cgroup(&d.path());
+            }
+        }
+    }
     let prefix = format!("rfs{run}n");
     let list = sh(&["ip", "netns", "list"]).unwrap_or_default();
     for line in list.lines() {
@@ -270,6 +331,9 @@ impl NetCluster {
             .collect();
         let extra = self.extra_args.clone();
         let node = self.node_mut(id);
+        if !clock_file(node).exists() {
+            std::fs::write(clock_file(node), "+0\n").expect("clock file");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,6 +352,12 @@ impl NetCluster {
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
+            // Wall-clock jumps: the node's real-time clock is shifted by the offset in
+            // its clock file (see `jump_clock`), re-read every second.
+            .env("LD_PRELOAD", FAKETIME_LIB)
+            .env("FAKETIME_TIMESTAMP_FILE", clock_file(node))
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -439,6 +509,71 @@ impl NetCluster {
         let _ = std::fs::remove_file(self.node(id).data_dir.join("FILLER"));
     }
 
+    /// Shifts node `id`'s wall clock by `offset_secs` (negative: back) from true time;
+    /// 0 sets it right again. Takes effect within a second; survives restarts.
+    pub fn jump_clock(&self, id: u64, offset_secs: i64) {
+        let text = if offset_secs >= 0 {
+            format!("+{offset_secs}\n")
+        } else {
+            format!("{offset_secs}\n")
+        };
+        std::fs::write(clock_file(self.node(id)), text).expect("clock file");
+    }
+
+    /// Throttles node `id`'s disk: its process joins a cgroup limited to `iops` reads and
+    /// writes per second and `bps` bytes per second on the device of its data directory.
+    /// Synchronous I/O (the Raft log's and block files' fsyncs, reads that miss the page
+    /// cache) waits. Returns a description, or why the node's disk cannot be throttled.
+    pub fn slow_disk(&self, id: u64, iops: u64, bps: u64) -> Result<String, String> {
+        let node = self.node(id);
+        let dev = device_of(&node.data_dir)
+            .ok_or_else(|| format!("node {id}'s data directory is not on a block device"))?;
+        let pid = node
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| format!("node {id} is not running"))?;
+        let dir = cgroup_dir(self.run, id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let write = |file: &str, value: String| {
+            std::fs::write(dir.join(file), &value)
+                .map_err(|e| format!("{} <- {value}: {e}", dir.join(file).display()))
+        };
+        if dir.starts_with(BLKIO_V1) {
+            write("blkio.throttle.read_iops_device", format!("{dev} {iops}"))?;
+            write("blkio.throttle.write_iops_device", format!("{dev} {iops}"))?;
+            write("blkio.throttle.read_bps_device", format!("{dev} {bps}"))?;
+            write("blkio.throttle.write_bps_device", format!("{dev} {bps}"))?;
+        } else {
+            let _ = std::fs::write(Path::new(CGROUP_V2).join("cgroup.subtree_control"), "+io");
+            write(
+                "io.max",
+                format!("{dev} riops={iops} wiops={iops} rbps={bps} wbps={bps}"),
+            )?;
+        }
+        write("cgroup.procs", pid.to_string())?;
+        Ok(format!(
+            "{iops} IO/s and {} KiB/s on device {dev}",
+            bps >> 10
+        ))
+    }
+
+    /// I/O operations node `id`'s throttled cgroup has issued so far (cgroup v1), to show
+    /// the throttle was in the node's path.
+    pub fn slow_disk_ios(&self, id: u64) -> Option<u64> {
+        let text =
+            std::fs::read_to_string(cgroup_dir(self.run, id).join("blkio.throttle.io_serviced"))
+                .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Total "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Lifts node `id`'s disk throttle.
+    pub fn heal_disk(&self, id: u64) {
+        remove_cgroup(&cgroup_dir(self.run, id));
+    }
+
     /// Every block file stored on node `id` (layout of `node-server/src/blocks.rs`:
     /// `blocks/<2 hex>/<id>`).
     pub fn block_files(&self, id: u64) -> Vec<PathBuf> {
@@ -499,6 +634,10 @@ impl NetCluster {
             }
         }
     }
+}
+
+fn clock_file(n: &NetNode) -> PathBuf {
+    n.data_dir.with_extension("clock")
 }
 
 fn node_log(n: &NetNode) -> PathBuf {
