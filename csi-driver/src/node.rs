@@ -51,6 +51,12 @@ pub struct NodeService {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// Whether `path` (normalized: absolute, `..` resolved) lies inside `root`.
+pub fn within(root: &Path, path: &Path) -> bool {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    path.starts_with(&root)
+}
+
 fn require(field: &str, v: &str) -> Result<()> {
     if v.is_empty() {
         return Err(CsiError::InvalidArgument(format!("{field} is required")));
@@ -67,6 +73,22 @@ fn rpc_cap(t: rpc::Type) -> NodeServiceCapability {
 }
 
 impl NodeService {
+    /// `raw` normalized, refused unless inside the kubelet's directory (`--managed-root`):
+    /// a request must never make this privileged plugin mount over, or unmount, anything
+    /// else on the host (e.g. `/var/lib/kubelet/pods/../../../etc`).
+    fn confined(&self, field: &str, raw: &str) -> Result<PathBuf> {
+        let path = mounts::normalize(raw)?;
+        if !within(&self.cfg.managed_root, &path) {
+            return Err(CsiError::InvalidArgument(format!(
+                "{field} {raw:?} resolves to {} outside {} (the kubelet directory, \
+                 --managed-root); refusing to mount or unmount there",
+                path.display(),
+                self.cfg.managed_root.display()
+            )));
+        }
+        Ok(path)
+    }
+
     pub fn new(cfg: NodeConfig, cluster: Arc<Cluster>) -> NodeService {
         NodeService {
             cfg,
@@ -219,7 +241,7 @@ impl Node for NodeService {
         require("staging_target_path", &req.staging_target_path)?;
         caps::require_one(req.volume_capability.as_ref())?;
         self.volume_exists(&req.volume_id).await?;
-        let staging = mounts::normalize(&req.staging_target_path)?;
+        let staging = self.confined("staging_target_path", &req.staging_target_path)?;
         let _g = self.lock.lock().await;
         let table = mounts::read_mountinfo()?;
         if let Some(m) = mounts::mount_at(&table, &staging) {
@@ -255,7 +277,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         require("volume_id", &req.volume_id)?;
         require("staging_target_path", &req.staging_target_path)?;
-        let staging = mounts::normalize(&req.staging_target_path)?;
+        let staging = self.confined("staging_target_path", &req.staging_target_path)?;
         let _g = self.lock.lock().await;
         // Unmount every layer (a crash may have stacked mounts); the FUSE daemon exits
         // when its mount goes away.
@@ -298,8 +320,8 @@ impl Node for NodeService {
                 })?;
             }
         }
-        let staging = mounts::normalize(&req.staging_target_path)?;
-        let target = mounts::normalize(&req.target_path)?;
+        let staging = self.confined("staging_target_path", &req.staging_target_path)?;
+        let target = self.confined("target_path", &req.target_path)?;
         let _g = self.lock.lock().await;
         let table = mounts::read_mountinfo()?;
         let Some(st) = mounts::mount_at(&table, &staging)
@@ -363,7 +385,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         require("volume_id", &req.volume_id)?;
         require("target_path", &req.target_path)?;
-        let target = mounts::normalize(&req.target_path)?;
+        let target = self.confined("target_path", &req.target_path)?;
         let _g = self.lock.lock().await;
         loop {
             let table = mounts::read_mountinfo()?;
@@ -544,7 +566,28 @@ fn mounted_path(volume_id: &str, volume_path: &str) -> Result<std::path::PathBuf
 
 #[cfg(test)]
 mod tests {
-    use super::is_label_value;
+    #[test]
+    fn paths_outside_the_kubelet_directory_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("kubelet");
+        std::fs::create_dir_all(root.join("pods/p1/volumes")).unwrap();
+        let inside = mounts::normalize(&format!("{}/pods/p1/volumes/v", root.display())).unwrap();
+        assert!(within(&root, &inside));
+        // `..` climbing out is resolved before the check.
+        let escape = mounts::normalize(&format!(
+            "{}/pods/p1/volumes/../../../../etc",
+            root.display()
+        ))
+        .unwrap();
+        assert!(!within(&root, &escape), "{}", escape.display());
+        assert!(!within(&root, Path::new("/etc")));
+        // A sibling whose name merely starts like the root is outside too.
+        let sibling = tmp.path().join("kubelet-evil/x");
+        assert!(!within(&root, &sibling));
+    }
+
+    use super::{is_label_value, mounts, within};
+    use std::path::Path;
 
     #[test]
     fn cluster_names_become_topology_only_when_valid_label_values() {

@@ -51,16 +51,20 @@ client Service of csi.dfsCluster in the release namespace.
 {{- end }}
 
 {{/*
-The Secret holding the CSI driver's client certificate, or nothing for plaintext.
+The Secrets holding the CSI driver's certificates, or nothing for plaintext. The
+controller creates snapshots and (without csi.dfsCluster) volumes: an admin identity. The
+node plugin only mounts: a client identity.
 */}}
 {{- define "ringfs.csiTlsSecret" -}}
-{{- if .Values.csi.tls.enabled -}}
-{{- if .Values.csi.tls.secretName -}}
-{{- .Values.csi.tls.secretName -}}
-{{- else if .Values.csi.dfsCluster -}}
-{{- printf "%s-client-tls" .Values.csi.dfsCluster -}}
+{{- $v := .root.Values.csi -}}
+{{- if $v.tls.enabled -}}
+{{- $given := index $v.tls (printf "%sSecret" .part) -}}
+{{- if $given -}}
+{{- $given -}}
+{{- else if $v.dfsCluster -}}
+{{- printf "%s-%s-tls" $v.dfsCluster .role -}}
 {{- else -}}
-{{- fail "csi.tls.secretName is required when csi.tls.enabled and csi.dfsCluster is empty: a Secret with ca.crt, tls.crt and tls.key of a client certificate of the cluster's CA (`ringfs certs issue --role client`); set csi.tls.enabled=false for a cluster without TLS" -}}
+{{- fail (printf "csi.tls.%sSecret is required when csi.tls.enabled and csi.dfsCluster is empty: a Secret with ca.crt, tls.crt and tls.key of a %s certificate of the cluster's CA (`ringfs certs issue --role %s`); set csi.tls.enabled=false for a cluster without TLS" .part .role .role) -}}
 {{- end -}}
 {{- end -}}
 {{- end }}
