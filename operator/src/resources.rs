@@ -243,6 +243,49 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The unprivileged user and group the node process runs as.
+pub const NODE_UID: i64 = 65532;
+
+/// Makes the data directory the node user's before the node starts: a new volume whose
+/// type ignores fsGroup (hostPath, some local provisioners), or data written by an older
+/// version that ran as root. Runs as root with only the capabilities `chown` needs, and
+/// does nothing when the directory already belongs to the node user.
+fn data_owner(dc: &DfsCluster) -> Container {
+    Container {
+        name: "data-owner".into(),
+        image: Some(dc.spec.image.clone()),
+        image_pull_policy: dc.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "[ \"$(stat -c %u:%g {DATA_DIR})\" = {NODE_UID}:{NODE_UID} ] || chown -R {NODE_UID}:{NODE_UID} {DATA_DIR}"
+            ),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec![
+                    "CHOWN".into(),
+                    "DAC_READ_SEARCH".into(),
+                    "FOWNER".into(),
+                ]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The StatefulSet of the nodes. `partition`: pods with a lower ordinal keep the old pod
 /// template when it changes (see [`crate::cluster::rollout_partition`]: the operator
 /// lets one pod update at a time, and only while the cluster is healthy).
@@ -302,7 +345,8 @@ pub fn statefulset(
             name: "tls".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(crate::tls::Leaf::Node.secret(names)),
-                default_mode: Some(0o400),
+                // Group-readable: the node runs as NODE_UID with fsGroup NODE_UID.
+                default_mode: Some(0o440),
                 ..Default::default()
             }),
             ..Default::default()
@@ -383,7 +427,14 @@ pub fn statefulset(
         }]),
         termination_grace_period_seconds: Some(30),
         volumes: Some(volumes),
+        init_containers: Some(vec![data_owner(dc)]),
         security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NODE_UID),
+            run_as_group: Some(NODE_UID),
+            // Volumes that support it (most PersistentVolumes, Secrets) are made group-
+            // owned by this group; the init container covers those that do not (hostPath).
+            fs_group: Some(NODE_UID),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..Default::default()
@@ -544,6 +595,39 @@ mod tests {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn nodes_run_unprivileged_and_only_the_init_container_may_chown() {
+        let dc = cluster();
+        let n = Names::new("c1", "ns");
+        let pod = statefulset(&dc, &n, &OwnerReference::default(), 3, 3)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(NODE_UID));
+        assert_eq!(psc.fs_group, Some(NODE_UID));
+        let init = &pod.init_containers.unwrap()[0];
+        let caps = init
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert!(caps.add.as_ref().unwrap().contains(&"CHOWN".to_string()));
+        let script = &init.command.as_ref().unwrap()[2];
+        assert!(script.contains("chown -R 65532:65532 /data"), "{script}");
+        // The node container itself adds nothing.
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+        assert!(sc.run_as_user.is_none());
     }
 
     #[test]
