@@ -3,36 +3,20 @@
 use crate::testing::{api_server, condition, context, Expect, FakeAdmin, Reply};
 use crate::{cluster, volume};
 use kube::ResourceExt;
-use ringfs_api::{
-    AccessMode, DfsCluster, DfsClusterSpec, DfsClusterStatus, DfsVolume, DfsVolumeSpec,
-    StorageSpec, TlsSpec,
-};
+use ringfs_api::{AccessMode, DfsCluster, DfsClusterStatus, DfsVolume, DfsVolumeSpec, TlsSpec};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 const NS: &str = "ns";
 
 fn dfs_cluster(replicas: i32, finalizer: bool) -> DfsCluster {
-    let mut dc = DfsCluster::new(
-        "c1",
-        DfsClusterSpec {
-            replicas,
-            image: "ringfs:dev".into(),
-            image_pull_policy: None,
-            partitions: 64,
-            replication: 3,
-            storage: StorageSpec {
-                size: "1Gi".into(),
-                storage_class_name: None,
-                delete_claims_on_scale_down: false,
-            },
-            resources: None,
-            tls: TlsSpec {
-                enabled: false,
-                ..Default::default()
-            },
-        },
-    );
+    let mut spec = crate::testing::cluster_spec(replicas);
+    // TLS has its own tests below; these scripts are about everything else.
+    spec.tls = TlsSpec {
+        enabled: false,
+        ..Default::default()
+    };
+    let mut dc = DfsCluster::new("c1", spec);
     dc.metadata.namespace = Some(NS.into());
     dc.metadata.uid = Some("uid-c1".into());
     dc.metadata.generation = Some(2);

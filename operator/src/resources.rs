@@ -512,26 +512,12 @@ pub fn statefulset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfs_api::{DfsClusterSpec, StorageSpec};
 
     fn cluster() -> DfsCluster {
-        let mut dc = DfsCluster::new(
-            "c1",
-            DfsClusterSpec {
-                replicas: 3,
-                image: "ringfs:dev".into(),
-                image_pull_policy: None,
-                partitions: 64,
-                replication: 3,
-                storage: StorageSpec {
-                    size: "1Gi".into(),
-                    storage_class_name: Some("fast".into()),
-                    delete_claims_on_scale_down: true,
-                },
-                resources: None,
-                tls: Default::default(),
-            },
-        );
+        let mut spec = crate::testing::cluster_spec(3);
+        spec.storage.storage_class_name = Some("fast".into());
+        spec.storage.delete_claims_on_scale_down = true;
+        let mut dc = DfsCluster::new("c1", spec);
         dc.metadata.namespace = Some("ns".into());
         dc.metadata.uid = Some("uid-1".into());
         dc

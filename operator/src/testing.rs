@@ -500,6 +500,26 @@ pub fn condition<'a>(status_patch: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"))
 }
 
+/// The DfsCluster spec the unit tests start from (each test changes what it is about):
+/// `replicas` nodes of the `ringfs:dev` image, 64 partitions, RF 3, 1Gi per node in the
+/// default StorageClass, TLS on with its defaults.
+pub fn cluster_spec(replicas: i32) -> ringfs_api::DfsClusterSpec {
+    ringfs_api::DfsClusterSpec {
+        replicas,
+        image: "ringfs:dev".into(),
+        image_pull_policy: None,
+        partitions: 64,
+        replication: 3,
+        storage: ringfs_api::StorageSpec {
+            size: "1Gi".into(),
+            storage_class_name: None,
+            delete_claims_on_scale_down: false,
+        },
+        resources: None,
+        tls: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

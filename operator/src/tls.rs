@@ -357,29 +357,11 @@ pub async fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfs_api::{DfsClusterSpec, StorageSpec, TlsSpec};
 
     fn cluster(days: u32) -> DfsCluster {
-        let mut dc = DfsCluster::new(
-            "c1",
-            DfsClusterSpec {
-                replicas: 3,
-                image: "ringfs:dev".into(),
-                image_pull_policy: None,
-                partitions: 64,
-                replication: 3,
-                storage: StorageSpec {
-                    size: "1Gi".into(),
-                    storage_class_name: None,
-                    delete_claims_on_scale_down: false,
-                },
-                resources: None,
-                tls: TlsSpec {
-                    enabled: true,
-                    certificate_days: days,
-                },
-            },
-        );
+        let mut spec = crate::testing::cluster_spec(3);
+        spec.tls.certificate_days = days;
+        let mut dc = DfsCluster::new("c1", spec);
         dc.metadata.namespace = Some("ns".into());
         dc
     }
