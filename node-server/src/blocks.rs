@@ -250,6 +250,40 @@ impl FileHeader {
     }
 }
 
+/// What precedes the data in a block file: the header and the segment checksums.
+fn file_prefix(header: &FileHeader, seg_crcs: &[u32]) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(HEADER_BYTES as usize + 4 * seg_crcs.len());
+    meta.extend_from_slice(&header.encode());
+    for c in seg_crcs {
+        meta.extend_from_slice(&c.to_le_bytes());
+    }
+    meta
+}
+
+/// The complete block file for `data` (1 ..= [`MAX_BLOCK_SIZE`] bytes), as a put writes
+/// it; `None` for an invalid length. Puts stream their chunks instead; this is for
+/// tests and fuzz targets.
+pub fn encode_block_file(data: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(data.len())
+        .ok()
+        .filter(|l| (1..=MAX_BLOCK_SIZE).contains(l))?;
+    let (crc, seg_crcs) = checksums(&[Bytes::copy_from_slice(data)]);
+    let header = FileHeader {
+        len,
+        crc,
+        segments: segment_count(len),
+    };
+    let mut out = file_prefix(&header, &seg_crcs);
+    out.extend_from_slice(data);
+    Some(out)
+}
+
+/// Decodes and fully verifies a block file held in memory (header, size, every segment
+/// and the whole-block crc) and returns its data: the read path's checks, for fuzzing.
+pub fn decode_block_file(id: BlockId, bytes: &[u8]) -> Result<BlockRead> {
+    verified_read(id, bytes)
+}
+
 fn segment_count(len: u32) -> u32 {
     len.div_ceil(SEGMENT_BYTES)
 }
@@ -525,12 +559,8 @@ impl BlockStore {
             crc,
             segments: segment_count(len),
         };
-        let mut meta = Vec::with_capacity(HEADER_BYTES as usize + 4 * seg_crcs.len());
-        meta.extend_from_slice(&header.encode());
-        for c in &seg_crcs {
-            meta.extend_from_slice(&c.to_le_bytes());
-        }
-        file.write_all(&meta).map_err(io_err(ctx()))?;
+        file.write_all(&file_prefix(&header, &seg_crcs))
+            .map_err(io_err(ctx()))?;
         for chunk in chunks {
             file.write_all(chunk).map_err(io_err(ctx()))?;
         }
@@ -866,8 +896,44 @@ fn corrupt(id: BlockId, reason: impl Into<String>) -> BlockError {
     }
 }
 
+/// Where the bytes of a block file are read from: the file itself, or memory (the fuzz
+/// targets decode untrusted bytes with exactly the code that reads files).
+pub trait BlockSource {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+    fn size(&self) -> io::Result<u64>;
+}
+
+impl BlockSource for File {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, pos)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl BlockSource for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        let src = usize::try_from(pos)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
 /// Positional read; a short file is corruption, any other failure an I/O error.
-fn read_at(id: BlockId, file: &File, buf: &mut [u8], pos: u64, what: &str) -> Result<()> {
+fn read_at(
+    id: BlockId,
+    file: &(impl BlockSource + ?Sized),
+    buf: &mut [u8],
+    pos: u64,
+    what: &str,
+) -> Result<()> {
     file.read_exact_at(buf, pos).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             corrupt(id, format!("file too short for its {what}"))
@@ -877,14 +943,11 @@ fn read_at(id: BlockId, file: &File, buf: &mut [u8], pos: u64, what: &str) -> Re
     })
 }
 
-fn read_header(id: BlockId, file: &File) -> Result<FileHeader> {
+fn read_header(id: BlockId, file: &(impl BlockSource + ?Sized)) -> Result<FileHeader> {
     let mut buf = [0u8; HEADER_BYTES as usize];
     read_at(id, file, &mut buf, 0, "header")?;
     let h = FileHeader::decode(&buf).map_err(|reason| corrupt(id, reason))?;
-    let size = file
-        .metadata()
-        .map_err(io_err(format!("stat block {id}")))?
-        .len();
+    let size = file.size().map_err(io_err(format!("stat block {id}")))?;
     if size != h.file_size() {
         return Err(corrupt(
             id,
@@ -894,7 +957,15 @@ fn read_header(id: BlockId, file: &File) -> Result<FileHeader> {
     Ok(h)
 }
 
-fn read_range(id: BlockId, file: &File, offset: u32, len: u32) -> Result<BlockRead> {
+/// Reads `[offset, offset + len)` (`len` 0: to the end) of block file `file`, checking
+/// its header against its size and the checksum of every segment it returns. Never
+/// trusts the file: anything inconsistent is [`BlockError::Corrupt`].
+pub fn read_range(
+    id: BlockId,
+    file: &(impl BlockSource + ?Sized),
+    offset: u32,
+    len: u32,
+) -> Result<BlockRead> {
     let h = read_header(id, file)?;
     let end = if len == 0 {
         u64::from(h.len)
@@ -972,7 +1043,17 @@ fn read_range(id: BlockId, file: &File, offset: u32, len: u32) -> Result<BlockRe
 }
 
 /// Reads and checks a whole block file: header, every segment and the whole-block crc.
-fn verify_file(id: BlockId, file: &File) -> Result<FileHeader> {
+fn verify_file(id: BlockId, file: &(impl BlockSource + ?Sized)) -> Result<FileHeader> {
+    let read = verified_read(id, file)?;
+    Ok(FileHeader {
+        len: read.block.len,
+        crc: read.block.crc,
+        segments: segment_count(read.block.len),
+    })
+}
+
+/// The whole data of a block file, every segment and the whole-block crc checked.
+fn verified_read(id: BlockId, file: &(impl BlockSource + ?Sized)) -> Result<BlockRead> {
     let read = read_range(id, file, 0, 0)?;
     let got = checksum(&read.data);
     if got != read.block.crc {
@@ -984,11 +1065,7 @@ fn verify_file(id: BlockId, file: &File) -> Result<FileHeader> {
             ),
         ));
     }
-    Ok(FileHeader {
-        len: read.block.len,
-        crc: read.block.crc,
-        segments: segment_count(read.block.len),
-    })
+    Ok(read)
 }
 
 /// What the block service needs from the rest of the node for layout transitions
@@ -1324,6 +1401,29 @@ mod tests {
             .unwrap();
         assert_eq!(store.get(big_id, 0, 0).await.unwrap().data, big);
         assert_eq!(store.stats().0, 2);
+    }
+
+    /// The in-memory encoder and decoder the fuzz targets use are the put's format:
+    /// a stored file is byte-for-byte `encode_block_file`, and it decodes to its data.
+    #[tokio::test]
+    async fn in_memory_codec_matches_stored_files() {
+        let tmp = TempDir::new().unwrap();
+        let store = BlockStore::open(tmp.path()).await.unwrap();
+        for (n, len) in [(1u128, 1usize), (2, SEGMENT_BYTES as usize), (3, 200_000)] {
+            let id = BlockId::from_u128(n);
+            let data = content(len, n as u8);
+            put(&store, id, &data).await.unwrap();
+            let file = fs::read(store.block_path(id)).unwrap();
+            assert_eq!(encode_block_file(&data).as_deref(), Some(&file[..]));
+            assert_eq!(decode_block_file(id, &file).unwrap().data, data);
+            let mut cut = file.clone();
+            cut.pop();
+            assert!(matches!(
+                decode_block_file(id, &cut),
+                Err(BlockError::Corrupt { .. })
+            ));
+        }
+        assert_eq!(encode_block_file(&[]), None);
     }
 
     #[tokio::test]

@@ -346,24 +346,15 @@ impl SmStore {
         {
             let f = std::fs::File::create(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            let meta_bytes = postcard::to_allocvec(&meta)?;
-            w.write_all(SNAP_MAGIC)?;
-            w.write_all(&SNAP_VERSION.to_le_bytes())?;
-            w.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
-            w.write_all(&meta_bytes)?;
+            write_snapshot_header(&mut w, &meta)?;
             for t in ALL_TABLES {
                 let table = tx.open_table(t.def())?;
                 for item in table.iter()? {
                     let (k, v) = item?;
-                    let (k, v) = (k.value(), v.value());
-                    w.write_all(&[t as u8])?;
-                    w.write_all(&(k.len() as u32).to_le_bytes())?;
-                    w.write_all(k)?;
-                    w.write_all(&(v.len() as u32).to_le_bytes())?;
-                    w.write_all(v)?;
+                    write_snapshot_record(&mut w, t, k.value(), v.value())?;
                 }
             }
-            w.write_all(&[SNAP_END])?;
+            write_snapshot_end(&mut w)?;
             let f = w
                 .into_inner()
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -402,17 +393,7 @@ impl SmStore {
             tx.delete_table(t.def())?;
             tx.open_table(t.def())?;
         }
-        loop {
-            let mut tag = [0u8; 1];
-            r.read_exact(&mut tag)?;
-            if tag[0] == SNAP_END {
-                break;
-            }
-            let t = Tbl::from_u8(tag[0]).ok_or_else(|| {
-                NodeError::Storage(format!("snapshot has unknown table {}", tag[0]))
-            })?;
-            let k = read_chunk(&mut r)?;
-            let v = read_chunk(&mut r)?;
+        while let Some((t, k, v)) = read_snapshot_record(&mut r)? {
             tx.put(t, &k, &v)?;
         }
         // The snapshot's own last_applied/membership records are authoritative, but write
@@ -453,7 +434,63 @@ fn read_chunk(r: &mut impl Read) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn read_snapshot_header(r: &mut impl Read) -> Result<SnapshotMeta> {
+// ---- snapshot file format (all integers little-endian) ----
+//
+// magic `RFSS`, version u32 (1), u32 length + postcard SnapshotMeta, then records
+// `table: u8, u32 key length, key, u32 value length, value`, then the end tag 0xff.
+// The file comes from the leader over the network: the reader trusts nothing in it.
+
+/// Writes the snapshot file header for `meta`.
+pub fn write_snapshot_header(w: &mut impl Write, meta: &SnapshotMeta) -> Result<()> {
+    let meta_bytes = postcard::to_allocvec(meta)?;
+    let len = u32::try_from(meta_bytes.len())
+        .map_err(|_| NodeError::Storage("snapshot metadata too large".into()))?;
+    w.write_all(SNAP_MAGIC)?;
+    w.write_all(&SNAP_VERSION.to_le_bytes())?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&meta_bytes)?;
+    Ok(())
+}
+
+/// Writes one record of table `t`.
+pub fn write_snapshot_record(w: &mut impl Write, t: Tbl, k: &[u8], v: &[u8]) -> Result<()> {
+    w.write_all(&[t as u8])?;
+    for part in [k, v] {
+        let len = u32::try_from(part.len())
+            .ok()
+            .filter(|&l| l <= MAX_RECORD)
+            .ok_or_else(|| NodeError::Storage("snapshot record too large".into()))?;
+        w.write_all(&len.to_le_bytes())?;
+        w.write_all(part)?;
+    }
+    Ok(())
+}
+
+/// Writes the end tag after the last record.
+pub fn write_snapshot_end(w: &mut impl Write) -> Result<()> {
+    w.write_all(&[SNAP_END])?;
+    Ok(())
+}
+
+/// One snapshot record: table, key, value.
+pub type SnapshotRecord = (Tbl, Vec<u8>, Vec<u8>);
+
+/// Reads the next record, `None` at the end tag. A file cut short is an error.
+pub fn read_snapshot_record(r: &mut impl Read) -> Result<Option<SnapshotRecord>> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    if tag[0] == SNAP_END {
+        return Ok(None);
+    }
+    let t = Tbl::from_u8(tag[0])
+        .ok_or_else(|| NodeError::Storage(format!("snapshot has unknown table {}", tag[0])))?;
+    let k = read_chunk(r)?;
+    let v = read_chunk(r)?;
+    Ok(Some((t, k, v)))
+}
+
+/// Reads and checks the snapshot file header.
+pub fn read_snapshot_header(r: &mut impl Read) -> Result<SnapshotMeta> {
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic)?;
     if &magic != SNAP_MAGIC {
@@ -590,4 +627,51 @@ pub fn membership_nodes(m: &StoredMembership) -> Vec<(NodeId, String, bool)> {
         .nodes()
         .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(mut r: &[u8]) -> Result<(SnapshotMeta, Vec<SnapshotRecord>)> {
+        let meta = read_snapshot_header(&mut r)?;
+        let mut records = Vec::new();
+        while let Some(rec) = read_snapshot_record(&mut r)? {
+            records.push(rec);
+        }
+        Ok((meta, records))
+    }
+
+    #[test]
+    fn snapshot_format_round_trips_and_refuses_damage() {
+        let meta = SnapshotMeta {
+            snapshot_id: "1-2-3".into(),
+            ..SnapshotMeta::default()
+        };
+        let records = vec![
+            (Tbl::Volumes, b"k1".to_vec(), b"v1".to_vec()),
+            (Tbl::SnapshotNames, Vec::new(), vec![7; 300]),
+        ];
+        let mut file = Vec::new();
+        write_snapshot_header(&mut file, &meta).unwrap();
+        for (t, k, v) in &records {
+            write_snapshot_record(&mut file, *t, k, v).unwrap();
+        }
+        write_snapshot_end(&mut file).unwrap();
+        let (m, r) = read_all(&file).unwrap();
+        assert_eq!((m, r), (meta, records));
+
+        // Cut anywhere (the end tag included): an error, never a shorter state.
+        for len in 0..file.len() {
+            assert!(read_all(&file[..len]).is_err(), "cut at {len}");
+        }
+        // An unknown table and an oversized record length are refused.
+        let header_len = file.len() - (1 + 4 + 2 + 4 + 2) - (1 + 4 + 4 + 300) - 1;
+        let mut bad = file.clone();
+        bad[header_len] = ALL_TABLES.len() as u8;
+        assert!(read_all(&bad).is_err());
+        let mut bad = file.clone();
+        bad[header_len + 1..header_len + 5].copy_from_slice(&(MAX_RECORD + 1).to_le_bytes());
+        assert!(read_all(&bad).is_err());
+    }
 }

@@ -15,7 +15,6 @@ pub fn parse_size(s: &str) -> Result<u64, CoreError> {
             "{s:?} is not a size; use a number of bytes or a suffix such as 512MiB, 10GiB, 2TB"
         ))
     };
-    let value: f64 = num.parse().map_err(|_| bad())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "ki" | "kib" => 1 << 10,
@@ -29,9 +28,30 @@ pub fn parse_size(s: &str) -> Result<u64, CoreError> {
         "tb" => 1_000_000_000_000,
         _ => return Err(bad()),
     };
+    let too_large = || {
+        CoreError::InvalidArgument(format!(
+            "{s:?} is too large: sizes are at most {} bytes (16 EiB)",
+            u64::MAX
+        ))
+    };
+    if !num.contains('.') {
+        // Whole numbers are exact: a float would round above 2^53 bytes.
+        let value: u64 = num
+            .parse()
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => too_large(),
+                _ => bad(),
+            })?;
+        return value.checked_mul(mult).ok_or_else(too_large);
+    }
+    let value: f64 = num.parse().map_err(|_| bad())?;
     let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    if !bytes.is_finite() || bytes < 0.0 {
         return Err(bad());
+    }
+    // `u64::MAX as f64` rounds up to 2^64, which itself does not fit.
+    if bytes >= u64::MAX as f64 {
+        return Err(too_large());
     }
     Ok(bytes.round() as u64)
 }
@@ -66,6 +86,28 @@ mod tests {
         for bad in ["", "abc", "-1", "10XB", "1e3"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/sizes): whole numbers went through f64, so sizes
+    /// above 2^53 bytes were silently rounded and 2^64 or more saturated to u64::MAX.
+    #[test]
+    fn whole_sizes_are_exact_and_overflow_is_refused() {
+        assert_eq!(parse_size("9007199254740993"), Ok(9_007_199_254_740_993));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_size("8191PiB"), Ok(8191 << 50));
+        for bad in [
+            "18446744073709551616",
+            "16384PiB",
+            "16384.0PiB",
+            "99999999999TB",
+        ] {
+            let err = parse_size(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("too large"), "{bad}: {err}");
+        }
+        assert_eq!(parse_size("0.5KiB"), Ok(512));
     }
 
     #[test]
