@@ -23,6 +23,9 @@ use tokio::net::TcpListener;
 /// (useful with port 0): `grpc=HOST:PORT` and `http=HOST:PORT` lines.
 pub const ADDR_FILE: &str = "ADDR";
 
+/// How long a stopping node waits for in-flight requests before it exits anyway.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -174,9 +177,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     }
     let _ = shutdown_tx.send(true);
-    let _ = raft.shutdown().await;
-    let _ = grpc_task.await;
-    let _ = http_task.await;
+    // Graceful shutdown waits for in-flight requests; one that never ends (a forwarded
+    // call to an unreachable leader, a stuck stream) must not keep a node that should
+    // exit alive: a node hanging here after a fatal Raft error answered nothing and was
+    // never restarted by its supervisor. Bounded, then the process exits regardless.
+    let drain = async {
+        let _ = raft.shutdown().await;
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+        tracing::warn!(
+            after_secs = SHUTDOWN_DRAIN.as_secs(),
+            "requests still in flight at shutdown; exiting without them"
+        );
+    }
     match fatal {
         Some(reason) => anyhow::bail!("Raft stopped on a fatal error: {reason}"),
         None => Ok(()),

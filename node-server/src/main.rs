@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match ringfs_node::Config::load_from(std::env::args()) {
         Ok(c) => c,
         Err(e) => match e.downcast::<clap::Error>() {
@@ -12,8 +11,24 @@ async fn main() -> ExitCode {
             }
         },
     };
-    let _telemetry = ringfs_telemetry::init_with_service("info,openraft=warn", "ringfs-node");
-    match ringfs_node::run(config).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ringfs-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let _telemetry = ringfs_telemetry::init_with_service("info,openraft=warn", "ringfs-node");
+        ringfs_node::run(config).await
+    });
+    // Dropping a runtime waits for every blocking task still running (a file write on a
+    // stalled disk, say); a node that has decided to exit must not hang on one.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringfs-node: {e:#}");

@@ -386,31 +386,45 @@ async fn node_answers(client: &Cluster, addr: &str) -> bool {
     )
 }
 
-/// Waits until a leader is known and every running node answers.
-async fn wait_available(c: &mut NetCluster, client: &Arc<Cluster>, what: &str) {
-    let running: Vec<(u64, String)> = (1..=NODES)
-        .filter(|&i| c.is_running(i))
-        .collect::<Vec<u64>>()
-        .into_iter()
-        .map(|i| (i, c.node(i).addr.clone()))
-        .collect();
-    wait_for(what, Duration::from_secs(120), || {
-        let client = client.clone();
-        let running = running.clone();
-        async move {
-            for (_, addr) in &running {
-                if !node_answers(&client, addr).await {
-                    return None;
-                }
+/// Waits until a leader is known and every node answers. Like a supervisor (the kubelet
+/// restarting a pod), it restarts a node that has exited meanwhile and notes it: a node
+/// exits by design on a fatal storage error (ENOSPC), and may do so only after draining
+/// its requests, after the fault that caused it has already been healed.
+async fn wait_available(
+    c: &mut NetCluster,
+    client: &Arc<Cluster>,
+    what: &str,
+    notes: &mut Vec<String>,
+) {
+    let timeout = Duration::from_secs(120);
+    let deadline = Instant::now() + timeout;
+    loop {
+        for i in 1..=NODES {
+            if !c.is_running(i) {
+                notes.push(format!("node {i} had exited before: {what}"));
+                c.start(i);
             }
-            let s = tokio::time::timeout(Duration::from_secs(5), client.status())
-                .await
-                .ok()?
-                .ok()?;
-            (s.leader_id != 0).then_some(())
         }
-    })
-    .await;
+        let addrs: Vec<String> = (1..=NODES).map(|i| c.node(i).addr.clone()).collect();
+        let mut all = true;
+        for addr in &addrs {
+            if !node_answers(client, addr).await {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            let status = tokio::time::timeout(Duration::from_secs(5), client.status()).await;
+            if matches!(status, Ok(Ok(s)) if s.leader_id != 0) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn leader(client: &Arc<Cluster>) -> u64 {
@@ -632,14 +646,13 @@ async fn inject(
         }
     }
     let desc = descs.join(" + ");
-    // A node that exited by itself (it should not) is restarted and reported.
-    for i in 1..=NODES {
-        if !c.is_running(i) {
-            notes.push(format!("node {i} had exited after: {desc}"));
-            c.start(i);
-        }
-    }
-    wait_available(c, client, &format!("cluster available after: {desc}")).await;
+    wait_available(
+        c,
+        client,
+        &format!("cluster available after: {desc}"),
+        notes,
+    )
+    .await;
     eprintln!(
         "[nemesis] {:>7.1}s {fault:?}: {desc} ({:.1}s until available again)",
         c_elapsed(),
@@ -774,7 +787,7 @@ async fn faults_history_is_linearizable() {
         }
     }
     c.free_disk(SMALL_DISK_NODE);
-    wait_available(&mut c, &client, "cluster available at the end").await;
+    wait_available(&mut c, &client, "cluster available at the end", &mut notes).await;
     wait_for("a healthy cluster", Duration::from_secs(180), || {
         let client = client.clone();
         async move {
