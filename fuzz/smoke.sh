@@ -31,7 +31,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$here"
 start=$(date +%s)
 # cargo-fuzz has no --locked: check first that fuzz/Cargo.lock needs no change.
-cargo metadata --locked --format-version 1 >/dev/null
+if ! cargo metadata --locked --format-version 1 >/dev/null; then
+    echo "fuzz/Cargo.lock is stale (a workspace crate's dependencies changed): run" >&2
+    echo "  (cd fuzz && cargo update --workspace) and commit fuzz/Cargo.lock" >&2
+    exit 1
+fi
 cargo fuzz build -s none
 echo "fuzz build: $(($(date +%s) - start)) s"
 
