@@ -84,6 +84,12 @@ cargo test -p ringfs-node --locked --test tls -- --nocapture
 stage "chart lint and manifest security scan (helm lint; checkov on the rendered chart)"
 bash "$ROOT/scripts/chart-scan.sh"
 
+stage "fuzz smoke (cargo-fuzz: every decoder of untrusted input, 20 s per target on the committed corpus)"
+(cd "$ROOT/fuzz" && cargo fmt -- --check)
+# Its own build directory: cargo-fuzz builds with coverage instrumentation, which would
+# invalidate every artifact of the main one.
+CARGO_TARGET_DIR="$HOME/.cache/ringfs/fuzz-target" FUZZ_SECS="${FUZZ_SECS:-20}" bash "$ROOT/fuzz/smoke.sh"
+
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)
 RINGFS="$CARGO_TARGET_DIR/debug/ringfs"
