@@ -54,6 +54,9 @@ if ((SMOKE)); then
     MD_ARGS=(--files 200 --fanout 3 --depth 2 --per-dir 2)
     RAFT_CLIENTS="1,16"
     RAFT_SECONDS=1
+    REB_STEADY=3
+    REB_PRELOAD=8
+    RSS_BLOCKS=20000
     OUT="$WORK/BENCHMARKS-smoke.md"
     PROFILE=debug
 else
@@ -63,6 +66,9 @@ else
     MD_ARGS=(--files 10000 --fanout 6 --depth 4 --per-dir 8)
     RAFT_CLIENTS="1,64,256"
     RAFT_SECONDS=10
+    REB_STEADY=20
+    REB_PRELOAD=256
+    RSS_BLOCKS=1000000
     PROFILE=release
 fi
 
@@ -255,8 +261,21 @@ for ((rep = 1; rep <= REPS; rep++)); do
             --clients "$RAFT_CLIENTS" --seconds "$RAFT_SECONDS" >>"$RESULTS"
     fi
 done
+if [[ " ${SYS[*]} " == *" ringfs "* ]]; then
+    say "foreground p99 in steady state and while a 4th node joins and data moves to it"
+    "$BENCH" rebalance --system ringfs --seeds "$RINGFS_SEEDS" --volume bench \
+        --steady-seconds "$REB_STEADY" --preload-mib "$REB_PRELOAD" -- \
+        "$RINGFS" cluster add-node --dir "$WORK/ringfs-dev" --capacity 40GiB >>"$RESULTS"
+fi
 say "layout balance and join movement"
 "$BENCH" layout --system ringfs --nodes "$( ((SMOKE)) && echo 3,8 || echo 3,4,5,8,16,32,64)" >>"$RESULTS"
+
+if [[ " ${SYS[*]} " == *" ringfs "* ]]; then
+    teardown_all # quiet machine, and the disk space back
+    say "node memory with $RSS_BLOCKS blocks stored"
+    "$BENCH" block-rss --system ringfs --node-bin "$BIN/ringfs-node" --dir "$WORK/block-rss" \
+        --blocks "$RSS_BLOCKS" >>"$RESULTS"
+fi
 
 say "report"
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), $(uname -sr), disk $(df -h "$WORK" | awk 'NR==2 {print $1}'), $PROFILE build, $(date -u +%Y-%m-%d)"

@@ -4,9 +4,11 @@
 //! script appends them to `results.jsonl` and `report` turns that file into the
 //! side-by-side Markdown table of BENCHMARKS.md (medians, ratios to the peer and limits).
 
+mod blockrss;
 mod fio;
 mod md;
 mod raft;
+mod rebalance;
 mod record;
 mod report;
 
@@ -84,6 +86,47 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         replication: u32,
     },
+    /// Foreground p99 (small file write + read back) in steady state and while the
+    /// cluster rebalances onto a node added by the command after `--`.
+    Rebalance {
+        #[command(flatten)]
+        tags: Tags,
+        /// Comma-separated node addresses.
+        #[arg(long)]
+        seeds: String,
+        #[arg(long)]
+        volume: String,
+        /// Length of the steady-state window.
+        #[arg(long, default_value_t = 20.0)]
+        steady_seconds: f64,
+        /// MiB of data written first, for the join to move.
+        #[arg(long, default_value_t = 256)]
+        preload_mib: usize,
+        /// The run fails when the rebalance takes longer.
+        #[arg(long, default_value_t = 900.0)]
+        timeout_seconds: f64,
+        /// The command that adds a node (e.g. `ringfs cluster add-node --dir D`).
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Resident memory of a storage node holding many blocks (a real ringfs-node started
+    /// on a data directory filled with block files in the node's format).
+    BlockRss {
+        #[command(flatten)]
+        tags: Tags,
+        /// The ringfs-node binary.
+        #[arg(long)]
+        node_bin: PathBuf,
+        /// Scratch data directory (must not exist; removed afterwards).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        blocks: u64,
+        #[arg(long, default_value_t = 1024)]
+        block_bytes: usize,
+        #[arg(long, default_value_t = 10.0)]
+        sample_seconds: f64,
+    },
     /// Run a command while sampling the given processes: prints CPU seconds per GiB moved
     /// and peak resident memory of those processes.
     Cost {
@@ -125,6 +168,12 @@ enum Cmd {
     },
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.cmd {
@@ -159,6 +208,42 @@ fn main() -> Result<()> {
                 .build()?;
             rt.block_on(raft::run(&tags, &seeds, &volume, &clients, seconds))
         }
+        Cmd::Rebalance {
+            tags,
+            seeds,
+            volume,
+            steady_seconds,
+            preload_mib,
+            timeout_seconds,
+            command,
+        } => runtime()?.block_on(rebalance::run(
+            &tags,
+            &rebalance::Params {
+                seeds: &seeds,
+                volume: &volume,
+                steady_secs: steady_seconds,
+                preload_mib,
+                timeout_secs: timeout_seconds,
+                command: &command,
+            },
+        )),
+        Cmd::BlockRss {
+            tags,
+            node_bin,
+            dir,
+            blocks,
+            block_bytes,
+            sample_seconds,
+        } => runtime()?.block_on(blockrss::run(
+            &tags,
+            &blockrss::Params {
+                node_bin,
+                dir,
+                blocks,
+                block_bytes,
+                sample_secs: sample_seconds,
+            },
+        )),
         Cmd::Layout {
             tags,
             nodes,

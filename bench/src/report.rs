@@ -164,6 +164,16 @@ fn targets(m: &Medians) -> Vec<Target> {
             at_least: true,
         },
         Target {
+            what: "node RSS ≤ 256 MiB at 1 million blocks",
+            value: m
+                .get("ringfs", "node-blocks", "blocks")
+                .filter(|n| *n >= 1e6)
+                .and(r("node-blocks", "peak_rss_mib")),
+            base: Some(256.0),
+            threshold: 1.0,
+            at_least: false,
+        },
+        Target {
             what: "p99 during rebalance ≤ 1.2 × steady state",
             value: r("rebalance", "p99_during_ms"),
             base: r("rebalance", "p99_steady_ms"),
