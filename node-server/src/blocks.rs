@@ -2031,16 +2031,31 @@ mod tests {
         assert_eq!(io.take_bad_copies(), vec![(1, id)]);
     }
 
-    /// Serves the real store but damages get data on the wire, after the node computed
-    /// its segment crcs: only the client's end-to-end check can catch it.
-    struct Garbling(BlockServiceImpl);
+    /// Serves the real store with one fault: `Garble` damages get data on the wire,
+    /// after the node computed its segment crcs (only the client's end-to-end check can
+    /// catch it); `RefuseStale` refuses every put the way a node that applied a newer
+    /// layout does.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        Garble,
+        RefuseStale,
+    }
+
+    struct Faulty(BlockServiceImpl, Fault);
 
     #[tonic::async_trait]
-    impl BlockService for Garbling {
+    impl BlockService for Faulty {
         async fn put(
             &self,
             r: Request<Streaming<PutBlockRequest>>,
         ) -> Result<Response<PutBlockReply>, Status> {
+            if let Fault::RefuseStale = self.1 {
+                return Err(Status::failed_precondition(format!(
+                    "{}: the write used layout version 4 but this node has \
+                     applied version 5; refresh the layout and retry",
+                    ringfs_client::blocks::STALE_LAYOUT
+                )));
+            }
             self.0.put(r).await
         }
         type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetBlockReply, Status>>>;
@@ -2049,9 +2064,12 @@ mod tests {
             r: Request<GetBlockRequest>,
         ) -> Result<Response<Self::GetStream>, Status> {
             let mut msgs: Vec<_> = self.0.get(r).await?.into_inner().collect().await;
-            if let Some(Ok(GetBlockReply {
-                part: Some(get_block_reply::Part::Data(seg)),
-            })) = msgs.last_mut()
+            if let (
+                Fault::Garble,
+                Some(Ok(GetBlockReply {
+                    part: Some(get_block_reply::Part::Data(seg)),
+                })),
+            ) = (self.1, msgs.last_mut())
             {
                 let mut bytes = seg.data.to_vec();
                 bytes[0] ^= 1;
@@ -2082,15 +2100,67 @@ mod tests {
         }
     }
 
+    /// A node serving `fault`; the directory lives as long as the returned guard.
+    async fn start_faulty(node: u64, fault: Fault) -> (Replica, TempDir) {
+        let dir = TempDir::new().unwrap();
+        let store = BlockStore::open(dir.path()).await.unwrap();
+        let replica = Replica {
+            node,
+            addr: serve(BlockServiceServer::new(Faulty(
+                BlockServiceImpl::new(store),
+                fault,
+            )))
+            .await
+            .to_string(),
+        };
+        (replica, dir)
+    }
+
+    /// A replica that refuses a put because it applied a newer layout makes the write
+    /// stale even when the other replicas met the quorum: that replica owns the block
+    /// under the newer layout too, and the writer must refresh and write again so the
+    /// copy is not left missing. On the last attempt a met quorum is accepted.
+    #[tokio::test]
+    async fn stale_refusal_fails_a_put_that_met_its_quorum() {
+        let (a, b) = (start_node(1).await, start_node(2).await);
+        let (stale, _dir) = start_faulty(3, Fault::RefuseStale).await;
+        let replicas = vec![a.replica.clone(), b.replica.clone(), stale];
+        let quorums = [(vec![1, 2, 3], 2)];
+        let io = block_io();
+        let id = BlockId::from_u128(31);
+        let data = content(5000, 21);
+        let err = io
+            .put_quorums(&replicas, &quorums, 4, false, id, data.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::StaleLayout(_)), "{err}");
+        let block = io
+            .put_quorums(&replicas, &quorums, 4, true, id, data.clone())
+            .await
+            .unwrap();
+        assert_eq!(block.len as usize, data.len());
+        for n in [&a, &b] {
+            assert_eq!(n.store.get(id, 0, 0).await.unwrap().data, data);
+        }
+        // Without a quorum the result stays stale whatever the flag says.
+        let lone = [(vec![1, 2, 3], 3)];
+        let err = io
+            .put_quorums(&replicas, &lone, 4, true, id, data)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::StaleLayout(_)), "{err}");
+    }
+
     #[tokio::test]
     async fn client_detects_corruption_in_transit() {
         let dir = TempDir::new().unwrap();
         let store = BlockStore::open(dir.path()).await.unwrap();
         let garbling = Replica {
             node: 1,
-            addr: serve(BlockServiceServer::new(Garbling(BlockServiceImpl::new(
-                store,
-            ))))
+            addr: serve(BlockServiceServer::new(Faulty(
+                BlockServiceImpl::new(store),
+                Fault::Garble,
+            )))
             .await
             .to_string(),
         };

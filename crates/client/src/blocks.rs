@@ -185,7 +185,7 @@ impl BlockIo {
         quorum: usize,
     ) -> Result<BlockRef> {
         let all: Vec<NodeId> = replicas.iter().map(|r| r.node).collect();
-        self.put_quorums(replicas, &[(all, quorum)], 0, id, data)
+        self.put_quorums(replicas, &[(all, quorum)], 0, false, id, data)
             .await
     }
 
@@ -193,13 +193,20 @@ impl BlockIo {
     /// owners of every live layout version, and the write succeeds only when, for each
     /// `(set, quorum)` in `quorums`, at least `quorum` nodes of `set` stored the block.
     /// `layout_version` is the newest version the caller knows (0: unchecked); a node that
-    /// has applied a newer one refuses and the result is [`ClientError::StaleLayout`].
+    /// has applied a newer one refuses and the result is [`ClientError::StaleLayout`] —
+    /// even when the quorums were met, because that node owns the block under the newer
+    /// layout too (most partitions keep their owners across a change, so no migration
+    /// would bring the copy there): the caller refreshes its layout and writes again, and
+    /// the replicas that already hold the block answer at once. Only when
+    /// `accept_stale_with_quorum` (the caller's last attempt) does a met quorum count as
+    /// success despite a stale refusal; the missing copy is then left to scrub.
     #[instrument(skip_all, fields(block = %id, len = data.len(), replicas = replicas.len()))]
     pub async fn put_quorums(
         &self,
         replicas: &[Replica],
         quorums: &[(Vec<NodeId>, usize)],
         layout_version: u64,
+        accept_stale_with_quorum: bool,
         id: BlockId,
         data: Bytes,
     ) -> Result<BlockRef> {
@@ -274,7 +281,7 @@ impl BlockIo {
                 (n < *quorum).then(|| format!("{n} of {set:?} stored it, quorum is {quorum}"))
             })
             .collect();
-        if short.is_empty() {
+        if short.is_empty() && (!stale || accept_stale_with_quorum) {
             if !failures.is_empty() {
                 warn!(stored = stored.len(), failed = %failures.join("; "),
                     "block written with quorum but not to every replica");

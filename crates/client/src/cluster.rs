@@ -528,7 +528,14 @@ impl Cluster {
             let version = view.current().map(|l| l.version).unwrap_or(0);
             match self
                 .io
-                .put_quorums(&replicas, &quorums, version, id, data.clone())
+                .put_quorums(
+                    &replicas,
+                    &quorums,
+                    version,
+                    attempt >= STALE_LAYOUT_ATTEMPTS,
+                    id,
+                    data.clone(),
+                )
                 .await
             {
                 Err(ClientError::StaleLayout(msg)) if attempt < STALE_LAYOUT_ATTEMPTS => {
