@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lease: Default::default(),
         migration: crate::migrate::Migration::new(config.migrate_bandwidth),
         boot_id: rand::random::<u64>() | 1,
+        fs_batch: crate::batch::FsBatcher::start(raft.clone()),
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -2,7 +2,7 @@ use thiserror::Error;
 
 /// Errors of the storage node's library code. Mapped to `tonic::Status` in exactly one
 /// place ([`NodeError::into_status`]).
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum NodeError {
     #[error("storage: {0}")]
     Storage(String),

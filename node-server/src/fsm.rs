@@ -476,6 +476,28 @@ pub fn query(r: &impl Reader, vol: VolumeId, op: &FsOp) -> Result<FsResult> {
 
 // ---- commands ----
 
+/// Applies one file-system command to volume `volume` (a snapshot's id: read-only).
+fn apply_fs(w: &impl Writer, volume: VolumeId, op: FsOp, now_ns: i64) -> Result<FsResult> {
+    let Some(mut vol) = volume_by_id(w, volume)? else {
+        if crate::snapshots::snapshot_by_id(w, volume)?.is_some() {
+            return Ok(if op.is_read() {
+                query(w, volume, &op)?
+            } else {
+                Err(FsError::ReadOnly)
+            });
+        }
+        return Ok(Err(FsError::NoVolume(volume)));
+    };
+    if op.is_read() {
+        return query(w, volume, &op);
+    }
+    let res = fs_write(w, &mut vol, op, now_ns)?;
+    if res.is_ok() {
+        put(w, Tbl::Volumes, &k_u64(volume), &vol)?;
+    }
+    Ok(res)
+}
+
 /// Applies one command. Storage failures are errors (fatal for the node); everything a
 /// user can cause is a [`Response`].
 pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
@@ -488,25 +510,13 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
         } => create_volume(w, &name, capacity, replication, now_ns),
         Command::ResizeVolume { name, capacity } => resize_volume(w, &name, capacity),
         Command::DeleteVolume { name } => delete_volume(w, &name),
-        Command::Fs { volume, op, now_ns } => {
-            let Some(mut vol) = volume_by_id(w, volume)? else {
-                if crate::snapshots::snapshot_by_id(w, volume)?.is_some() {
-                    return Ok(Response::Fs(if op.is_read() {
-                        query(w, volume, &op)?
-                    } else {
-                        Err(FsError::ReadOnly)
-                    }));
-                }
-                return Ok(Response::Fs(Err(FsError::NoVolume(volume))));
-            };
-            if op.is_read() {
-                return Ok(Response::Fs(query(w, volume, &op)?));
+        Command::Fs { volume, op, now_ns } => Ok(Response::Fs(apply_fs(w, volume, op, now_ns)?)),
+        Command::FsBatch(cmds) => {
+            let mut out = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                out.push(apply_fs(w, c.volume, c.op, c.now_ns)?);
             }
-            let res = fs_write(w, &mut vol, op, now_ns)?;
-            if res.is_ok() {
-                put(w, Tbl::Volumes, &k_u64(volume), &vol)?;
-            }
-            Ok(Response::Fs(res))
+            Ok(Response::FsBatch(out))
         }
         Command::AddNode {
             spec,

@@ -169,10 +169,20 @@ struct AppState {
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    let state = Arc::new(AppState {
-        node,
-        metrics: Metrics::new(),
-    });
+    let mut m = Metrics::new();
+    let batch = &node.fs_batch.stats;
+    m.registry.register(
+        "fs_raft_entries",
+        "Raft entries this node proposed with file-system commands (group commit)",
+        batch.entries.clone(),
+    );
+    m.registry.register(
+        "fs_commands",
+        "File-system commands this node proposed; divided by fs_raft_entries it gives \
+         the commands per entry",
+        batch.commands.clone(),
+    );
+    let state = Arc::new(AppState { node, metrics: m });
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod blocks;
 pub mod config;
 pub mod confirm;

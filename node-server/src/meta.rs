@@ -7,7 +7,7 @@ use crate::fsm;
 use crate::node::{now_ns, Node, Route};
 use crate::snapshots;
 use crate::types::{
-    CloneSource, Command, RefusalCode, Response as SmResponse, SnapshotInfo, VolumeInfo,
+    CloneSource, Command, FsCommand, RefusalCode, Response as SmResponse, SnapshotInfo, VolumeInfo,
 };
 use ringfs_core::fs::{FsOp, FsResult, FS_FORMAT};
 use ringfs_proto::meta::meta_service_client::MetaServiceClient;
@@ -349,18 +349,13 @@ impl MetaService for MetaServer {
             let vol = r.volume_id;
             self.read(|tx| fsm::query(tx, vol, &op)).await?
         } else {
-            match self
-                .node
-                .write(Command::Fs {
+            self.node
+                .write_fs(FsCommand {
                     volume: r.volume_id,
                     op,
                     now_ns: now_ns(),
                 })
                 .await?
-            {
-                SmResponse::Fs(res) => res,
-                other => return Err(unexpected(other)),
-            }
         };
         let bytes =
             postcard::to_allocvec(&result).map_err(|e| NodeError::Storage(e.to_string()))?;

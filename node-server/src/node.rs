@@ -1,14 +1,16 @@
 //! The node: the Raft handle plus the stores, and the two primitives every service is
 //! built on — propose a command (`write`) and read linearizably (`read`).
 
+use crate::batch::FsBatcher;
 use crate::blocks::BlockStore;
 use crate::config::Config;
 use crate::error::{NodeError, Result};
 use crate::sm::SmStore;
-use crate::types::{Command, NodeId, Raft, Response};
+use crate::types::{Command, FsCommand, NodeId, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, Vote};
 use ringfs_client::ChannelPool;
+use ringfs_core::fs::FsResult;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
@@ -32,6 +34,8 @@ pub struct Node {
     pub lease: LeaderLease,
     /// Migration, repair and scrub state (see `migrate`).
     pub migration: Arc<crate::migrate::Migration>,
+    /// Group commit of file-system commands (see `batch`).
+    pub fs_batch: FsBatcher,
     /// Random per process start (reported by Health; see `migrate::detect_failures`).
     pub boot_id: u64,
 }
@@ -99,6 +103,22 @@ impl LeaderLease {
     }
 }
 
+/// Proposes a command and waits until it is committed and applied on this node.
+pub async fn propose(raft: &Raft, cmd: Command) -> Result<Response> {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(NodeError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            })
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(NodeError::FailedPrecondition(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
+    }
+}
+
 pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -158,18 +178,12 @@ impl Node {
 
     /// Proposes a command and waits until it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(NodeError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(NodeError::FailedPrecondition(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
-        }
+        propose(&self.raft, cmd).await
+    }
+
+    /// Commits a file-system command through the group-commit batcher (see `batch`).
+    pub async fn write_fs(&self, cmd: FsCommand) -> Result<FsResult> {
+        self.fs_batch.write(cmd).await
     }
 
     /// Waits until this node may serve a linearizable read: it is the leader, a quorum

@@ -508,6 +508,15 @@ pub fn read_snapshot_header(r: &mut impl Read) -> Result<SnapshotMeta> {
     Ok(postcard::from_bytes(&meta)?)
 }
 
+/// Whether `path` names the file open as `file`.
+fn same_file(path: &Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -592,11 +601,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // Normally the data is in the file `begin_receiving_snapshot` made, which then
+            // becomes the current snapshot as is; if it came in another file, keep a copy.
+            let kept = match incoming {
+                Some(p) if same_file(&p, &std_file) => p,
+                other => {
+                    if let Some(p) = other {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let seq = store.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
+                    let p = store.snap_dir.join(format!("incoming-{seq}"));
+                    let mut src = std_file.try_clone()?;
+                    src.rewind()?;
+                    let mut dst = std::fs::File::create(&p)?;
+                    std::io::copy(&mut src, &mut dst)?;
+                    dst.sync_all()?;
+                    p
+                }
+            };
             store.install_from(std_file, &meta2)?;
-            if let Some(p) = incoming {
-                std::fs::rename(&p, store.current_path())?;
-                sync_dir(&store.snap_dir)?;
-            }
+            std::fs::rename(&kept, store.current_path())?;
+            sync_dir(&store.snap_dir)?;
             Ok(())
         })
         .await

@@ -631,6 +631,78 @@ mod tests {
         }
     }
 
+    /// A batch of file-system commands (group commit) answers and changes exactly what
+    /// the same commands applied one by one do, in order: later commands see earlier
+    /// ones, refusals change nothing, reads inside a batch work.
+    #[test]
+    fn fs_batch_applies_like_single_commands_in_order() {
+        let ops = |v: VolumeId| {
+            let mk = |name: &str| FsOp::Mkdir {
+                parent: ROOT_INO,
+                name: name.as_bytes().to_vec(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
+            vec![
+                (v, mk("a")),
+                (v, mk("a")),
+                (
+                    v,
+                    FsOp::Lookup {
+                        parent: ROOT_INO,
+                        name: b"a".to_vec(),
+                    },
+                ),
+                (v, mk("b")),
+                (v + 999, mk("c")),
+                (
+                    v,
+                    FsOp::ReadDir {
+                        ino: ROOT_INO,
+                        after: Vec::new(),
+                        limit: 100,
+                    },
+                ),
+            ]
+        };
+        let one = Sm::new();
+        let v1 = one.volume("v", 1 << 30);
+        let singles: Vec<FsResult> = ops(v1).into_iter().map(|(v, op)| one.fs(v, op)).collect();
+        let batched = Sm::new();
+        let v2 = batched.volume("v", 1 << 30);
+        assert_eq!(v1, v2);
+        let r = batched.apply(Command::FsBatch(
+            ops(v2)
+                .into_iter()
+                .map(|(volume, op)| crate::types::FsCommand {
+                    volume,
+                    op,
+                    now_ns: 2,
+                })
+                .collect(),
+        ));
+        let Response::FsBatch(results) = r else {
+            panic!("expected batch results: {r:?}")
+        };
+        assert_eq!(results, singles);
+        assert!(
+            matches!(results[1], Err(FsError::Exists)),
+            "{:?}",
+            results[1]
+        );
+        assert!(
+            matches!(results[4], Err(FsError::NoVolume(_))),
+            "{:?}",
+            results[4]
+        );
+        assert!(
+            matches!(&results[5], Ok(FsReply::Entries { .. })),
+            "{:?}",
+            results[5]
+        );
+    }
+
     #[test]
     fn snapshot_is_a_frozen_copy_sharing_blocks_until_everything_is_gone() {
         let sm = Sm::new();

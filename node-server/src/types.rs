@@ -114,6 +114,17 @@ pub enum Command {
         source: CloneSource,
         now_ns: i64,
     },
+    /// Several file-system commands proposed together (group commit, see `batch`):
+    /// applied in order, exactly as if each were its own entry.
+    FsBatch(Vec<FsCommand>),
+}
+
+/// One file-system command of a [`Command::FsBatch`] (the fields of [`Command::Fs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsCommand {
+    pub volume: VolumeId,
+    pub op: FsOp,
+    pub now_ns: i64,
 }
 
 /// What a clone copies.
@@ -161,6 +172,8 @@ pub enum Response {
         snapshot: SnapshotInfo,
         created: bool,
     },
+    /// The results of a [`Command::FsBatch`], in its order.
+    FsBatch(Vec<FsResult>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,125 @@
+//! Group commit of file-system commands on the leader.
+//!
+//! openraft (0.9) appends one log entry per `client_write` and waits for that append's
+//! fsync before it takes the next, so entries per second are capped by the disk's flush
+//! rate however many clients write at once. The batcher puts every file-system command
+//! that arrives while earlier ones are being committed into one entry
+//! ([`Command::FsBatch`]): many commands share one append, one fsync on each replica and
+//! one replication round trip. A command that finds the batcher idle is proposed at once
+//! on its own, so a lone client pays no extra latency.
+//!
+//! At most [`IN_FLIGHT`] entries are proposed at a time; while all are in flight, new
+//! commands accumulate into the next one (at most [`MAX_BATCH`] commands). Commands in
+//! a batch are applied in order, each exactly as if it were its own entry; a caller that
+//! waits for its answer before sending the next command keeps its order.
+
+use crate::error::{NodeError, Result};
+use crate::types::{Command, FsCommand, Raft, Response};
+use prometheus_client::metrics::counter::Counter;
+use ringfs_core::fs::FsResult;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Entries of batched commands proposed at a time.
+pub const IN_FLIGHT: usize = 4;
+
+/// Commands in one entry (file-system commands are small: a few hundred bytes each, so
+/// a full batch stays far below the replication message limit).
+pub const MAX_BATCH: usize = 512;
+
+type Waiter = (FsCommand, oneshot::Sender<Result<FsResult>>);
+
+/// The handle callers submit through; the batching task ends when it is dropped.
+pub struct FsBatcher {
+    tx: mpsc::UnboundedSender<Waiter>,
+    pub stats: BatchStats,
+}
+
+/// What the batcher proposed (exported as metrics): commands per entry is the batching
+/// factor.
+#[derive(Clone, Default)]
+pub struct BatchStats {
+    /// Raft entries proposed with file-system commands.
+    pub entries: Counter,
+    /// File-system commands proposed.
+    pub commands: Counter,
+}
+
+impl FsBatcher {
+    /// Starts the batching task for `raft` (on the current Tokio runtime).
+    pub fn start(raft: Raft) -> FsBatcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = BatchStats::default();
+        tokio::spawn(run(raft, rx, stats.clone()));
+        FsBatcher { tx, stats }
+    }
+
+    /// Commits `cmd` (alone or with others) and returns its result.
+    pub async fn write(&self, cmd: FsCommand) -> Result<FsResult> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((cmd, done))
+            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
+        wait.await
+            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchStats) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot before collecting: commands that arrive meanwhile join
+        // this entry.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        stats.entries.inc();
+        stats.commands.inc_by(batch.len() as u64);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and answers each waiter.
+async fn commit(raft: &Raft, batch: Vec<Waiter>) {
+    let (cmds, waiters): (Vec<FsCommand>, Vec<_>) = batch.into_iter().unzip();
+    let n = cmds.len();
+    let cmd = match <[FsCommand; 1]>::try_from(cmds) {
+        Ok([c]) => Command::Fs {
+            volume: c.volume,
+            op: c.op,
+            now_ns: c.now_ns,
+        },
+        Err(cmds) => Command::FsBatch(cmds),
+    };
+    let results: Result<Vec<FsResult>> = match crate::node::propose(raft, cmd).await {
+        Ok(Response::Fs(r)) if n == 1 => Ok(vec![r]),
+        Ok(Response::FsBatch(rs)) if rs.len() == n => Ok(rs),
+        Ok(other) => Err(NodeError::Storage(format!(
+            "a batch of {n} file-system commands was answered with {other:?}"
+        ))),
+        Err(e) => Err(e),
+    };
+    match results {
+        Ok(rs) => {
+            for (w, r) in waiters.into_iter().zip(rs) {
+                let _ = w.send(Ok(r));
+            }
+        }
+        Err(e) => {
+            for w in waiters {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+}
