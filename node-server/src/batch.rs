@@ -80,6 +80,13 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchSt
                 Err(_) => break,
             }
         }
+        // A caller that gave up (its request was cancelled while it waited, e.g. while
+        // the cluster had no quorum) is not proposed for: nobody would hear the answer,
+        // and its client may already have retried.
+        batch.retain(|(_, done)| !done.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         stats.entries.inc();
         stats.commands.inc_by(batch.len() as u64);
         let raft = raft.clone();
