@@ -9,7 +9,8 @@
 //! on its own, so a lone client pays no extra latency.
 //!
 //! At most [`IN_FLIGHT`] entries are proposed at a time; while all are in flight, new
-//! commands accumulate into the next one (at most [`MAX_BATCH`] commands). Commands in
+//! commands accumulate into the next one (at most [`MAX_BATCH`] commands and
+//! [`MAX_BATCH_BYTES`]). Commands in
 //! a batch are applied in order, each exactly as if it were its own entry; a caller that
 //! waits for its answer before sending the next command keeps its order.
 
@@ -23,11 +24,17 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Entries of batched commands proposed at a time.
 pub const IN_FLIGHT: usize = 4;
 
-/// Commands in one entry (file-system commands are small: a few hundred bytes each, so
-/// a full batch stays far below the replication message limit).
+/// Commands in one entry.
 pub const MAX_BATCH: usize = 512;
 
-type Waiter = (FsCommand, oneshot::Sender<Result<FsResult>>);
+/// Encoded bytes of the commands in one entry (most are a few hundred bytes; a write
+/// commit with many extents is tens of KiB). Far below a replication message
+/// (`MAX_MESSAGE_BYTES`), so one entry always fits in one; openraft is told to send fewer
+/// entries per message when many do not (see `network`).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A command, its encoded size, and where its result goes.
+type Waiter = (FsCommand, usize, oneshot::Sender<Result<FsResult>>);
 
 /// The handle callers submit through; the batching task ends when it is dropped.
 pub struct FsBatcher {
@@ -54,11 +61,12 @@ impl FsBatcher {
         FsBatcher { tx, stats }
     }
 
-    /// Commits `cmd` (alone or with others) and returns its result.
-    pub async fn write(&self, cmd: FsCommand) -> Result<FsResult> {
+    /// Commits `cmd`, whose encoded op is `size` bytes (alone or with others), and
+    /// returns its result.
+    pub async fn write(&self, cmd: FsCommand, size: usize) -> Result<FsResult> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((cmd, done))
+            .send((cmd, size, done))
             .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
         wait.await
             .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
@@ -67,23 +75,40 @@ impl FsBatcher {
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchStats) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit in the previous entry opens the next one.
+    let mut carry: Option<Waiter> = None;
+    loop {
+        let first = match carry.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
         // Wait for a free slot before collecting: commands that arrive meanwhile join
         // this entry.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.1;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) if bytes + w.1 > MAX_BATCH_BYTES => {
+                    carry = Some(w);
+                    break;
+                }
+                Ok(w) => {
+                    bytes += w.1;
+                    batch.push(w);
+                }
                 Err(_) => break,
             }
         }
         // A caller that gave up (its request was cancelled while it waited, e.g. while
         // the cluster had no quorum) is not proposed for: nobody would hear the answer,
         // and its client may already have retried.
-        batch.retain(|(_, done)| !done.is_closed());
+        batch.retain(|(_, _, done)| !done.is_closed());
         if batch.is_empty() {
             continue;
         }
@@ -99,7 +124,8 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchSt
 
 /// Proposes `batch` as one entry and answers each waiter.
 async fn commit(raft: &Raft, batch: Vec<Waiter>) {
-    let (cmds, waiters): (Vec<FsCommand>, Vec<_>) = batch.into_iter().unzip();
+    let (cmds, waiters): (Vec<FsCommand>, Vec<_>) =
+        batch.into_iter().map(|(c, _, done)| (c, done)).unzip();
     let n = cmds.len();
     let cmd = match <[FsCommand; 1]>::try_from(cmds) {
         Ok([c]) => Command::Fs {

@@ -350,11 +350,14 @@ impl MetaService for MetaServer {
             self.read(|tx| fsm::query(tx, vol, &op)).await?
         } else {
             self.node
-                .write_fs(FsCommand {
-                    volume: r.volume_id,
-                    op,
-                    now_ns: now_ns(),
-                })
+                .write_fs(
+                    FsCommand {
+                        volume: r.volume_id,
+                        op,
+                        now_ns: now_ns(),
+                    },
+                    r.op.len(),
+                )
                 .await?
         };
         let bytes =

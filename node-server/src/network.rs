@@ -3,7 +3,8 @@
 
 use crate::types::{NodeId, Raft, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -16,6 +17,9 @@ use ringfs_proto::raft::raft_service_client::RaftServiceClient;
 use ringfs_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use ringfs_proto::raft::{RaftReply, RaftRequest};
 use ringfs_proto::MAX_MESSAGE_BYTES;
+
+/// The largest encoded AppendEntries sent in one message (room left for the envelope).
+const APPEND_LIMIT: usize = MAX_MESSAGE_BYTES - (64 << 10);
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -75,6 +79,23 @@ impl Peer {
     {
         let payload =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(payload, option, f).await
+    }
+
+    /// Sends an encoded request; see [`Peer::call`].
+    async fn send<Resp, E>(
+        &self,
+        payload: Vec<u8>,
+        option: &RPCOption,
+        f: impl AsyncFnOnce(
+            RaftServiceClient<ringfs_client::NodeChannel>,
+            Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status>,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let mut request = Request::new(RaftRequest {
             format: RAFT_FORMAT,
             payload: payload.into(),
@@ -105,7 +126,19 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
+        let payload =
+            postcard::to_allocvec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // Larger than a message may be (entries are batches of file-system commands, and
+        // openraft sends up to `max_payload_entries` of them): ask openraft to send fewer.
+        // One entry always fits (see `batch::MAX_BATCH_BYTES`).
+        let n = rpc.entries.len() as u64;
+        if payload.len() > APPEND_LIMIT && n > 1 {
+            let hint = (n * APPEND_LIMIT as u64 / payload.len() as u64).clamp(1, n - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send(payload, &option, async |mut c, r| c.append_entries(r).await)
             .await
     }
 
@@ -180,5 +213,62 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftReply>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Command, Entry, FsCommand};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+    use ringfs_core::fs::FsOp;
+
+    /// An AppendEntries too large for one message is not sent: openraft is asked for
+    /// fewer entries, with a hint that fits.
+    #[tokio::test]
+    async fn oversized_append_entries_asks_for_fewer_entries() {
+        let mut peer = Network {
+            pool: ChannelPool::new(),
+        }
+        .new_client(
+            2,
+            &BasicNode {
+                addr: "127.0.0.1:1".into(),
+            },
+        )
+        .await;
+        let big = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::FsBatch(vec![
+                FsCommand {
+                    volume: 1,
+                    op: FsOp::Mkdir {
+                        parent: 1,
+                        name: vec![b'x'; 200],
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    },
+                    now_ns: 0,
+                };
+                5000
+            ])),
+        };
+        // ~1 MiB per entry, 20 entries: well over one message.
+        let rpc = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=20).map(big).collect(),
+        };
+        let option = RPCOption::new(std::time::Duration::from_secs(1));
+        match peer.append_entries(rpc, option).await {
+            Err(RPCError::PayloadTooLarge(p)) => {
+                let hint = p.entries_hint();
+                assert!((1..20).contains(&hint), "hint {hint}");
+                assert!(hint <= 8, "hint {hint} entries of ~1 MiB exceed a message");
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
     }
 }

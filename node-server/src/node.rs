@@ -181,9 +181,10 @@ impl Node {
         propose(&self.raft, cmd).await
     }
 
-    /// Commits a file-system command through the group-commit batcher (see `batch`).
-    pub async fn write_fs(&self, cmd: FsCommand) -> Result<FsResult> {
-        self.fs_batch.write(cmd).await
+    /// Commits a file-system command, whose encoded op is `size` bytes, through the
+    /// group-commit batcher (see `batch`).
+    pub async fn write_fs(&self, cmd: FsCommand, size: usize) -> Result<FsResult> {
+        self.fs_batch.write(cmd, size).await
     }
 
     /// Waits until this node may serve a linearizable read: it is the leader, a quorum
