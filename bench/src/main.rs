@@ -26,6 +26,16 @@ struct Args {
     cmd: Cmd,
 }
 
+/// The running ringfs cluster and volume a command measures.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Comma-separated node addresses.
+    #[arg(long)]
+    seeds: String,
+    #[arg(long)]
+    volume: String,
+}
+
 /// Labels attached to every record a measuring command prints.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Tags {
@@ -63,11 +73,8 @@ enum Cmd {
     Raft {
         #[command(flatten)]
         tags: Tags,
-        /// Comma-separated node addresses.
-        #[arg(long)]
-        seeds: String,
-        #[arg(long)]
-        volume: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Comma-separated client counts.
         #[arg(long, default_value = "1,64,256")]
         clients: String,
@@ -91,11 +98,8 @@ enum Cmd {
     Rebalance {
         #[command(flatten)]
         tags: Tags,
-        /// Comma-separated node addresses.
-        #[arg(long)]
-        seeds: String,
-        #[arg(long)]
-        volume: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Length of the steady-state window.
         #[arg(long, default_value_t = 20.0)]
         steady_seconds: f64,
@@ -198,20 +202,19 @@ fn main() -> Result<()> {
         ),
         Cmd::Raft {
             tags,
-            seeds,
-            volume,
+            cluster,
             clients,
             seconds,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(raft::run(&tags, &seeds, &volume, &clients, seconds))
-        }
+        } => runtime()?.block_on(raft::run(
+            &tags,
+            &cluster.seeds,
+            &cluster.volume,
+            &clients,
+            seconds,
+        )),
         Cmd::Rebalance {
             tags,
-            seeds,
-            volume,
+            cluster,
             steady_seconds,
             preload_mib,
             timeout_seconds,
@@ -219,8 +222,8 @@ fn main() -> Result<()> {
         } => runtime()?.block_on(rebalance::run(
             &tags,
             &rebalance::Params {
-                seeds: &seeds,
-                volume: &volume,
+                seeds: &cluster.seeds,
+                volume: &cluster.volume,
                 steady_secs: steady_seconds,
                 preload_mib,
                 timeout_secs: timeout_seconds,

@@ -63,26 +63,12 @@ impl Peer {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    async fn call<Req, Resp, E>(
-        &self,
-        req: &Req,
-        option: &RPCOption,
-        f: impl AsyncFnOnce(
-            RaftServiceClient<ringfs_client::NodeChannel>,
-            Request<RaftRequest>,
-        ) -> Result<Response<RaftReply>, Status>,
-    ) -> Result<Resp, RpcErr<E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let payload =
-            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(payload, option, f).await
+    /// Encodes a request for [`Peer::send`].
+    fn encode(req: &impl Serialize) -> Result<Vec<u8>, NetworkError> {
+        postcard::to_allocvec(req).map_err(|e| NetworkError::new(&e))
     }
 
-    /// Sends an encoded request; see [`Peer::call`].
+    /// Sends an encoded request with `f` and decodes the reply.
     async fn send<Resp, E>(
         &self,
         payload: Vec<u8>,
@@ -126,8 +112,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let payload =
-            postcard::to_allocvec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = Self::encode(&rpc).map_err(RPCError::Network)?;
         // Larger than a message may be (entries are batches of file-system commands, and
         // openraft sends up to `max_payload_entries` of them): ask openraft to send fewer.
         // One entry always fits (see `batch::MAX_BATCH_BYTES`).
@@ -147,8 +132,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await)
-            .await
+        self.send(
+            Self::encode(&rpc).map_err(RPCError::Network)?,
+            &option,
+            async |mut c, r| c.install_snapshot(r).await,
+        )
+        .await
     }
 
     async fn vote(
@@ -156,8 +145,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
-            .await
+        self.send(
+            Self::encode(&rpc).map_err(RPCError::Network)?,
+            &option,
+            async |mut c, r| c.vote(r).await,
+        )
+        .await
     }
 }
 
