@@ -131,7 +131,9 @@ async fn mtls_admits_certified_clients_and_refuses_everyone_else() {
     assert!(
         matches!(
             err.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal
+            // The TLS listener drops the plaintext connection; depending on timing the
+            // client reports the closed connection as cancelled.
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
         ),
         "plaintext Raft call: {err:?}"
     );
