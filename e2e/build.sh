@@ -7,29 +7,43 @@
 #   cri-tools-<v>/bin:  crictl
 #   coredns-<v>/bin:    coredns
 #   csi-sidecars-<k>/bin (only with --sidecars or RINGFS_E2E_SIDECARS=1): see modules/csi-sidecars
-# into ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/<name>-<version>/bin. A directory that is
-# complete (has .complete) is never rebuilt; change versions.env to rebuild. Symlinks to
-# every binary are kept in $CACHE/bin.
+# into ${RINGFS_E2E_CACHE:-~/.cache/ringfs-e2e}/<name>-<version>-<key>/bin, where <key> is a
+# hash of everything the build is made from: the version, the wrapper module's go.mod and
+# go.sum, the build function's own text (flags included), the Go version and the Go
+# settings. A directory that is complete (has .complete) is reused; any change to one of
+# its inputs gives a new key, so the next run rebuilds it (a cache can never hide a build
+# that no longer works). $CACHE/current/<name> points at the directory in use, and
+# symlinks to every binary are kept in $CACHE/bin.
 #
 # Usage: e2e/build.sh [--sidecars] [--only NAME]...   (NAME: kubernetes etcd helm cri-tools coredns csi-test csi-sidecars)
+#        e2e/build.sh --print-dir NAME   the cache directory NAME's current inputs map to (builds nothing)
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 . "$E2E_DIR/versions.env"
 CACHE="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}"
-mkdir -p "$CACHE/bin" "$CACHE/logs"
+mkdir -p "$CACHE/bin" "$CACHE/logs" "$CACHE/current"
 
 want_sidecars="${RINGFS_E2E_SIDECARS:-0}"
 only=()
+print_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --sidecars) want_sidecars=1 ;;
     --only) only+=("$2"); shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --print-dir) print_dir="$2"; only+=("$2"); want_sidecars=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
+done
+
+for n in "${only[@]}"; do
+  case "$n" in
+    kubernetes|etcd|helm|cri-tools|coredns|csi-test|csi-sidecars) ;;
+    *) echo "build.sh: unknown build '$n' (kubernetes etcd helm cri-tools coredns csi-test csi-sidecars)" >&2; exit 2 ;;
+  esac
 done
 
 command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
@@ -60,29 +74,48 @@ selected() {
   return 1
 }
 
-link_bins() { # dir
-  local f
-  for f in "$1"/bin/*; do ln -sfn "$f" "$CACHE/bin/$(basename "$f")"; done
-  if [ -d "$1/crds" ]; then ln -sfn "$1/crds" "$CACHE/snapshot-crds"; fi
+# The cache key of a build: a hash of its name and version, the files of its wrapper
+# module (if any), the text of the shell functions that build it (so a changed flag or
+# package list counts), the Go toolchain and the Go settings that shape the output.
+cache_key() { # name version module-dirs(: separated)|- function args...
+  local name="$1" version="$2" modules="$3" fn="$4" m; shift 4
+  {
+    printf 'name=%s version=%s args=%s\n' "$name" "$version" "$*"
+    go version
+    printf 'GOFLAGS=%s CGO_ENABLED=%s\n' "$GOFLAGS" "$CGO_ENABLED"
+    if [ "$modules" != - ]; then
+      local IFS=:
+      for m in $modules; do cat "$E2E_DIR/modules/$m/go.mod" "$E2E_DIR/modules/$m/go.sum"; done
+    fi
+    declare -f "$fn" k8s_ldflags build_go_install
+  } | sha256sum | cut -c1-12
 }
 
-# build NAME VERSION -- command... ; the command must write its binaries to $OUT.
+# build NAME VERSION MODULES|- FUNCTION [ARGS...]; the function must write its binaries
+# to $OUT. MODULES are the wrapper modules under modules/ it builds from, ':'-separated.
 build() {
-  local name="$1" version="$2"; shift 3
-  local dir="$CACHE/$name-$version"
+  local name="$1" version="$2" modules="$3" fn="$4"; shift 4
+  local key; key="$(cache_key "$name" "$version" "$modules" "$fn" "$@")"
+  local dir="$CACHE/$name-$version-$key"
+  if [ -n "$print_dir" ]; then echo "$dir"; return 0; fi
   if [ ! -f "$dir/.complete" ]; then lock; fi
   if [ -f "$dir/.complete" ]; then
     echo "build.sh: $name $version: cached in $dir"
-    link_bins "$dir"; return 0
+    use_dir "$name" "$dir"; return 0
   fi
-  local tmp="$dir.tmp" log="$CACHE/logs/build-$name-$version.log" t0=$SECONDS
+  local tmp="$dir.tmp" log="$CACHE/logs/build-$name-$version-$key.log" t0=$SECONDS
   rm -rf "$tmp"; mkdir -p "$tmp/bin"
-  echo "build.sh: $name $version: building (log: $log)"
+  echo "build.sh: $name $version: building (key $key; log: $log)"
   # In the background, not in an `if`: errexit must stay on inside the build function.
-  ( export OUT="$tmp/bin"; "$@" ) >"$log" 2>&1 &
+  ( export OUT="$tmp/bin"; "$fn" "$@" ) >"$log" 2>&1 &
   if ! wait $!; then
     echo "build.sh: $name $version: BUILD FAILED; last lines of $log:" >&2
     tail -n 30 "$log" >&2
+    exit 1
+  fi
+  # A build that "succeeded" without producing anything is a failure, not a cache entry.
+  if [ -z "$(ls -A "$tmp/bin")" ]; then
+    echo "build.sh: $name $version: the build wrote no binaries to $tmp/bin" >&2
     exit 1
   fi
   echo "$(( SECONDS - t0 ))" > "$tmp/.build-seconds"
@@ -90,7 +123,15 @@ build() {
   touch "$tmp/.complete"
   rm -rf "$dir"; mv "$tmp" "$dir"
   echo "build.sh: $name $version: built in $(( SECONDS - t0 ))s"
-  link_bins "$dir"
+  use_dir "$name" "$dir"
+}
+
+# Point $CACHE/current/NAME and the binary symlinks in $CACHE/bin at DIR.
+use_dir() { # name dir
+  local f
+  ln -sfn "$2" "$CACHE/current/$1"
+  for f in "$2"/bin/*; do ln -sfn "$f" "$CACHE/bin/$(basename "$f")"; done
+  if [ -d "$2/crds" ]; then ln -sfn "$2/crds" "$CACHE/snapshot-crds"; fi
 }
 
 k8s_ldflags() {
@@ -105,8 +146,12 @@ k8s_ldflags() {
 
 build_kubernetes() {
   cd "$E2E_DIR/modules/kubernetes"
-  grep -q "k8s.io/kubernetes $K8S_VERSION\$" go.mod \
-    || { echo "modules/kubernetes/go.mod does not require k8s.io/kubernetes $K8S_VERSION"; return 1; }
+  # Ask Go which version the module graph selects (the wrapper has no code of its own, so
+  # its go.mod marks every requirement "// indirect": a text match on the line is fragile).
+  local have
+  have="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+  [ "$have" = "$K8S_VERSION" ] \
+    || { echo "modules/kubernetes/go.mod selects k8s.io/kubernetes $have, versions.env says $K8S_VERSION: keep them in step"; return 1; }
   "${NICE[@]}" go build -trimpath -ldflags "$(k8s_ldflags)" -o "$OUT/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -127,18 +172,18 @@ build_go_install() { # pkg@version (module without replace directives)
   GOBIN="$OUT" "${NICE[@]}" go install -trimpath -ldflags "-s -w" "$1"
 }
 
-selected kubernetes && build kubernetes "$K8S_VERSION" -- build_kubernetes
-selected etcd && build etcd "$ETCD_VERSION" -- build_etcd
-selected helm && build helm "$HELM_VERSION" -- build_go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-selected cri-tools && build cri-tools "$CRI_TOOLS_VERSION" -- \
+selected kubernetes && build kubernetes "$K8S_VERSION" kubernetes build_kubernetes
+selected etcd && build etcd "$ETCD_VERSION" etcd build_etcd
+selected helm && build helm "$HELM_VERSION" - build_go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+selected cri-tools && build cri-tools "$CRI_TOOLS_VERSION" - \
   build_go_install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
-selected coredns && build coredns "$COREDNS_VERSION" -- \
+selected coredns && build coredns "$COREDNS_VERSION" - \
   build_go_install "github.com/coredns/coredns@$COREDNS_VERSION"
-selected csi-test && build csi-test "$CSI_TEST_VERSION" -- \
+selected csi-test && build csi-test "$CSI_TEST_VERSION" - \
   build_go_install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION"
 if [ "$want_sidecars" = 1 ] && selected csi-sidecars; then
   # shellcheck source=lib/sidecars.sh
   . "$E2E_DIR/lib/sidecars.sh"
-  build csi-sidecars "$CSI_SIDECARS_KEY" -- build_csi_sidecars
+  build csi-sidecars "$CSI_SIDECARS_KEY" csi-provisioner:csi-attacher:csi-snapshotter build_csi_sidecars
 fi
-echo "build.sh: binaries are linked in $CACHE/bin"
+[ -n "$print_dir" ] || echo "build.sh: binaries are linked in $CACHE/bin"

@@ -22,11 +22,14 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ringfs/fuzz-target}
 export RUSTC_BOOTSTRAP=1
 artifacts=${FUZZ_ARTIFACTS:-$CARGO_TARGET_DIR/fuzz-artifacts}
 
-if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
-    echo "installing cargo-fuzz (cached in ~/.cargo/bin)"
-    cargo install --locked cargo-fuzz
+# Pinned: a fresh machine must install the same cargo-fuzz a warm one has.
+CARGO_FUZZ_VERSION=0.13.1
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$cargo_bin:$PATH"
+if [ "$(cargo-fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (into $cargo_bin)"
+    cargo install --locked --force "cargo-fuzz@$CARGO_FUZZ_VERSION"
 fi
-export PATH="$HOME/.cargo/bin:$PATH"
 
 cd "$here"
 start=$(date +%s)

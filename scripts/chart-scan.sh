@@ -14,14 +14,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${RINGFS_CACHE:-$HOME/.cache/ringfs}"
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
-VENV="$CACHE/checkov-$CHECKOV_VERSION"
+# Keyed by the Python that builds it too: a venv made by another interpreter is unusable.
+VENV="$CACHE/checkov-$CHECKOV_VERSION-py$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
 . "$ROOT/e2e/versions.env"
-HELM="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}/helm-$HELM_VERSION/bin/helm"
-if [ ! -x "$HELM" ]; then
-    echo "building helm $HELM_VERSION (once, into the e2e cache)"
-    bash "$ROOT/e2e/build.sh" --only helm
-fi
+# build.sh reuses a build whose inputs did not change and rebuilds one whose did.
+bash "$ROOT/e2e/build.sh" --only helm
+HELM="${RINGFS_E2E_CACHE:-$HOME/.cache/ringfs-e2e}/current/helm/bin/helm"
 
 if [ ! -f "$VENV/.complete" ]; then
     if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then

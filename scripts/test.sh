@@ -1,22 +1,99 @@
 #!/usr/bin/env bash
 # The whole ringfs test suite, from a fresh machine: installs what it needs, then runs
 # formatting and lint checks, unit/property/component tests, and cluster tests with real
-# node processes. Build outputs are cached outside the repository
-# (~/.cache/ringfs/target) so a second run is fast.
+# node processes. Build outputs are cached outside the repository (~/.cache/ringfs,
+# ~/.cache/ringfs-e2e, Go's and Cargo's own caches) so a second run is fast.
 #
-# Usage: scripts/test.sh            # everything
-#        RINGFS_SKIP_E2E=1 scripts/test.sh   # skip the Kubernetes e2e stage (loudly)
+# Usage: scripts/test.sh                      # everything (what CI runs)
+#        scripts/test.sh --cold               # everything, with empty temporary caches
+#                                             # (RINGFS_COLD=1 does the same)
+#        RINGFS_SKIP_E2E=1 scripts/test.sh    # skip the Kubernetes e2e stage (loudly)
+#
+# --cold proves the fresh-machine path on a warm machine: cargo's registry and build
+# directories, Go's module and build caches, the e2e build cache and the e2e cluster's
+# state (containerd images included) all start empty under one temporary directory,
+# removed afterwards (RINGFS_KEEP_COLD=1 keeps it). Debian packages are not removed:
+# each stage installs the ones it needs when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-stage() { printf '\n==== %s ====\n' "$*"; }
+COLD="${RINGFS_COLD:-0}"
+while (($#)); do
+    case "$1" in
+    --cold) COLD=1 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ "$COLD" = 1 ]; then
+    COLD_DIR=$(mktemp -d /var/tmp/ringfs-cold.XXXXXX)
+    echo "cold run: every cache starts empty under $COLD_DIR"
+    # rustup's proxies (cargo, rustc) stay on PATH; CARGO_HOME only moves the registry
+    # and `cargo install` output (cargo-fuzz), which must then be installed anew.
+    export CARGO_HOME="$COLD_DIR/cargo-home"
+    export PATH="$CARGO_HOME/bin:$PATH"
+    export CARGO_TARGET_DIR="$COLD_DIR/target"
+    export RINGFS_CACHE="$COLD_DIR/ringfs-cache"
+    export RINGFS_E2E_CACHE="$COLD_DIR/e2e-cache"
+    export RINGFS_E2E_STATE="$COLD_DIR/e2e-state"
+    export GOMODCACHE="$COLD_DIR/go-mod"
+    export GOCACHE="$COLD_DIR/go-build"
+    export GOPATH="$COLD_DIR/go"
+    mkdir -p "$CARGO_HOME"
+fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ringfs/target}"
+export RINGFS_CACHE="${RINGFS_CACHE:-$HOME/.cache/ringfs}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RINGFS_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 mkdir -p "$CARGO_TARGET_DIR"
 # Tests outside node-server find the node binary here.
 export RINGFS_NODE_BIN="$CARGO_TARGET_DIR/debug/ringfs-node"
+
+# Every stage is timed; the table is printed at the end (and on failure, up to the
+# stage that failed).
+STAGE_NAMES=()
+STAGE_SECS=()
+STAGE_T0=$SECONDS
+RUN_T0=$SECONDS
+CURRENT_STAGE=""
+# Cleanup commands, run in reverse order at exit (one EXIT trap for the whole script).
+CLEANUPS=()
+on_cleanup() { CLEANUPS+=("$1"); }
+end_stage() {
+    if [ -n "$CURRENT_STAGE" ]; then
+        STAGE_NAMES+=("$CURRENT_STAGE")
+        STAGE_SECS+=($((SECONDS - STAGE_T0)))
+    fi
+}
+stage() {
+    end_stage
+    CURRENT_STAGE="$1"
+    STAGE_T0=$SECONDS
+    printf '\n==== %s ====\n' "$*"
+}
+print_times() {
+    local i
+    printf '\n==== stage times (%s run) ====\n' "$([ "$COLD" = 1 ] && echo cold || echo normal)"
+    for i in "${!STAGE_NAMES[@]}"; do
+        printf '%6d s  %s\n' "${STAGE_SECS[$i]}" "${STAGE_NAMES[$i]}"
+    done
+    printf '%6d s  total\n' $((SECONDS - RUN_T0))
+}
+on_exit() {
+    local rc=$? i
+    for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do eval "${CLEANUPS[$i]}" || true; done
+    end_stage
+    print_times
+    [ $rc = 0 ] || echo "FAILED in stage: ${STAGE_NAMES[-1]:-setup} (exit $rc)"
+    exit $rc
+}
+trap on_exit EXIT
+if [ "$COLD" = 1 ] && [ "${RINGFS_KEEP_COLD:-0}" != 1 ]; then
+    # Go's module cache is read-only by design: made writable before removing.
+    on_cleanup 'chmod -R u+w "$COLD_DIR" 2>/dev/null; rm -rf "$COLD_DIR"'
+fi
 
 stage "dependencies"
 need_pkgs=()
@@ -34,6 +111,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 cargo --version
+
+stage "cache keys (a changed version, module file or build flag must rebuild)"
+bash "$ROOT/e2e/tests/cache-keys.sh"
 
 stage "format"
 cargo fmt --all -- --check
@@ -75,7 +155,13 @@ if ((${#fault_pkgs[@]})); then
     apt-get update -qq
     apt-get install -y -qq "${fault_pkgs[@]}"
 fi
+# A random seed (printed), then every seed that ever failed, as fixed regression cases.
 cargo test -p ringfs-node --locked --test faults -- --test-threads=1 --nocapture
+grep -v '^#' node-server/tests/faults/regression-seeds | while read -r seed why; do
+    [ -n "$seed" ] || continue
+    echo "---- fault regression seed $seed: $why"
+    RINGFS_FAULTS_SEED=$seed cargo test -p ringfs-node --locked --test faults -- --test-threads=1 --nocapture
+done
 # ---- end of fault injection ----------------------------------------------------------
 
 stage "mutual TLS tests (certified clients admitted; no cert, foreign CA, expired cert and plaintext refused; roles; rotation)"
@@ -88,12 +174,12 @@ stage "fuzz smoke (cargo-fuzz: every decoder of untrusted input, 20 s per target
 (cd "$ROOT/fuzz" && cargo fmt -- --check)
 # Its own build directory: cargo-fuzz builds with coverage instrumentation, which would
 # invalidate every artifact of the main one.
-CARGO_TARGET_DIR="$HOME/.cache/ringfs/fuzz-target" FUZZ_SECS="${FUZZ_SECS:-20}" bash "$ROOT/fuzz/smoke.sh"
+CARGO_TARGET_DIR="$RINGFS_CACHE/fuzz-target" FUZZ_SECS="${FUZZ_SECS:-20}" bash "$ROOT/fuzz/smoke.sh"
 
 stage "dev cluster smoke (the README's main command)"
 DEV_DIR=$(mktemp -d)
 RINGFS="$CARGO_TARGET_DIR/debug/ringfs"
-trap '"$RINGFS" dev down --dir "$DEV_DIR/c" --purge >/dev/null 2>&1 || true; fusermount3 -uz "$DEV_DIR/mnt" 2>/dev/null || true; rm -rf "$DEV_DIR"' EXIT
+on_cleanup '"$RINGFS" dev down --dir "$DEV_DIR/c" --purge >/dev/null 2>&1; fusermount3 -uz "$DEV_DIR/mnt" 2>/dev/null; rm -rf "$DEV_DIR"' 
 "$RINGFS" dev up --nodes 3 --dir "$DEV_DIR/c" --base-port 0 --mount "$DEV_DIR/mnt"
 # dev up runs with mutual TLS: the CLI calls below present the dev admin certificate.
 export RINGFS_TLS_DIR="$DEV_DIR/c/tls/admin"
@@ -171,5 +257,6 @@ else
         cargo test -p ringfs-e2e --locked --test smoke --test operator --test csi -- --ignored --test-threads=1 --nocapture
 fi
 
-stage "done"
+end_stage
+CURRENT_STAGE=""
 echo "all stages passed"

@@ -56,7 +56,7 @@ busybox() {
 }
 
 coredns() {
-  local bin="$CACHE/coredns-$COREDNS_VERSION/bin/coredns" h tar work
+  local bin="$CACHE/current/coredns/bin/coredns" h tar work
   [ -x "$bin" ] || { echo "build-images.sh: $bin is missing (run e2e/build.sh)" >&2; return 1; }
   h="$(printf '%s' "$COREDNS_IMAGE" | cat - "$bin" "$IMG_DIR/build-oci.sh" "$IMG_DIR/mkrootfs.sh" | sha256sum | cut -c1-16)"
   tar="$OUT/coredns-$h.tar"
@@ -71,7 +71,7 @@ coredns() {
 
 # One image per CSI sidecar binary (static Go programs): localhost/ringfs-e2e/<binary>:<version>.
 sidecars() {
-  local dir="$CACHE/csi-sidecars-$CSI_SIDECARS_KEY/bin" bin name ver h tar work
+  local dir="$CACHE/current/csi-sidecars/bin" bin name ver h tar work
   [ -d "$dir" ] || { echo "build-images.sh: $dir is missing (run e2e/build.sh --sidecars)" >&2; return 1; }
   for bin in "$dir"/*; do
     name="$(basename "$bin")"
@@ -95,8 +95,9 @@ sidecars() {
 
 if [ $# -eq 0 ]; then
   set -- pause busybox
-  [ -x "$CACHE/coredns-$COREDNS_VERSION/bin/coredns" ] && set -- "$@" coredns
-  [ -f "$CACHE/csi-sidecars-$CSI_SIDECARS_KEY/.complete" ] && set -- "$@" sidecars
+  # $CACHE/current/* is what e2e/build.sh last built or found for the current inputs.
+  [ -x "$CACHE/current/coredns/bin/coredns" ] && set -- "$@" coredns
+  [ -f "$CACHE/current/csi-sidecars/.complete" ] && set -- "$@" sidecars
 fi
 for img in "$@"; do
   case "$img" in
