@@ -65,6 +65,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     .validate()
     .context("invalid Raft timing settings")?;
+    let restart = {
+        use openraft::storage::RaftLogStorage;
+        let mut ls = logstore.clone();
+        crate::node::RestartGate {
+            vote: ls.read_vote().await.context("reading the Raft vote")?,
+            last_log_index: ls
+                .get_log_state()
+                .await
+                .context("reading the Raft log state")?
+                .last_log_id
+                .map(|l| l.index),
+        }
+    };
     let (tls, policy, pool) = security(&config)?;
     let raft = Raft::new(
         config.id,
@@ -88,6 +101,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         migration: crate::migrate::Migration::new(config.migrate_bandwidth),
         boot_id: rand::random::<u64>() | 1,
         fs_batch: crate::batch::FsBatcher::start(raft.clone()),
+        failpoints: crate::node::Failpoints::new(&config),
+        restart,
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

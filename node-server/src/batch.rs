@@ -4,7 +4,7 @@
 //! fsync before it takes the next, so entries per second are capped by the disk's flush
 //! rate however many clients write at once. The batcher puts every file-system command
 //! that arrives while earlier ones are being committed into one entry
-//! ([`Command::FsBatch`]): many commands share one append, one fsync on each replica and
+//! ([`Command::FsCalls`]): many commands share one append, one fsync on each replica and
 //! one replication round trip. A command that finds the batcher idle is proposed at once
 //! on its own, so a lone client pays no extra latency.
 //!
@@ -15,7 +15,7 @@
 //! waits for its answer before sending the next command keeps its order.
 
 use crate::error::{NodeError, Result};
-use crate::types::{Command, FsCommand, Raft, Response};
+use crate::types::{Command, FsCall, Raft, Response};
 use prometheus_client::metrics::counter::Counter;
 use ringfs_core::fs::FsResult;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub const MAX_BATCH: usize = 512;
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// A command, its encoded size, and where its result goes.
-type Waiter = (FsCommand, usize, oneshot::Sender<Result<FsResult>>);
+type Waiter = (FsCall, usize, oneshot::Sender<Result<FsResult>>);
 
 /// The handle callers submit through; the batching task ends when it is dropped.
 pub struct FsBatcher {
@@ -63,7 +63,7 @@ impl FsBatcher {
 
     /// Commits `cmd`, whose encoded op is `size` bytes (alone or with others), and
     /// returns its result.
-    pub async fn write(&self, cmd: FsCommand, size: usize) -> Result<FsResult> {
+    pub async fn write(&self, cmd: FsCall, size: usize) -> Result<FsResult> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((cmd, size, done))
@@ -124,19 +124,11 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchSt
 
 /// Proposes `batch` as one entry and answers each waiter.
 async fn commit(raft: &Raft, batch: Vec<Waiter>) {
-    let (cmds, waiters): (Vec<FsCommand>, Vec<_>) =
+    let (cmds, waiters): (Vec<FsCall>, Vec<_>) =
         batch.into_iter().map(|(c, _, done)| (c, done)).unzip();
     let n = cmds.len();
-    let cmd = match <[FsCommand; 1]>::try_from(cmds) {
-        Ok([c]) => Command::Fs {
-            volume: c.volume,
-            op: c.op,
-            now_ns: c.now_ns,
-        },
-        Err(cmds) => Command::FsBatch(cmds),
-    };
+    let cmd = Command::FsCalls(cmds);
     let results: Result<Vec<FsResult>> = match crate::node::propose(raft, cmd).await {
-        Ok(Response::Fs(r)) if n == 1 => Ok(vec![r]),
         Ok(Response::FsBatch(rs)) if rs.len() == n => Ok(rs),
         Ok(other) => Err(NodeError::Storage(format!(
             "a batch of {n} file-system commands was answered with {other:?}"

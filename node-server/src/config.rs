@@ -131,6 +131,11 @@ pub struct Config {
     /// `authorization: Bearer <token>` (the node sends it on its own calls too).
     #[arg(long, env = "RINGFS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// TEST ONLY (fault injection): after a file-system command that carries a request id
+    /// has committed, answer its first delivery with `unavailable` as if the reply had
+    /// been lost on the way; its retry gets the real answer. Never set in production.
+    #[arg(long, hide = true, env = "RINGFS_FAILPOINT_LOSE_REPLIES")]
+    pub failpoint_lose_replies: bool,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -68,7 +68,7 @@ fn k_orphan(vol: VolumeId, ino: Ino) -> Vec<u8> {
     [b"orphan/".as_slice(), &k_u64(vol), &k_u64(ino)].concat()
 }
 /// A client session (one mount) of a volume: [`SessionRec`].
-fn k_session(vol: VolumeId, session: u64) -> Vec<u8> {
+pub(crate) fn k_session(vol: VolumeId, session: u64) -> Vec<u8> {
     [b"session/".as_slice(), &k_u64(vol), &k_u64(session)].concat()
 }
 /// Session `session` holds orphan `ino` open.
@@ -95,7 +95,7 @@ fn session_expiry(now: i64, ttl_ms: u64) -> i64 {
 }
 
 /// Ends `session`: forgets what it holds and drops the orphans nobody else holds.
-fn close_session(w: &impl Writer, vol: &mut VolumeRec, session: u64) -> Result<()> {
+fn close_session(w: &impl Writer, vol: &mut VolumeRec, session: u64, now: i64) -> Result<()> {
     let id = vol.info.id;
     let prefix = [b"held/".as_slice(), &k_u64(id), &k_u64(session)].concat();
     let rows = w.scan(
@@ -111,7 +111,7 @@ fn close_session(w: &impl Writer, vol: &mut VolumeRec, session: u64) -> Result<(
         }
     }
     w.del(Tbl::Sys, &k_session(id, session))?;
-    Ok(())
+    crate::requests::end_session(w, id, session, now)
 }
 
 /// Drops orphan `ino` unless some session still holds it. A linked inode is left alone.
@@ -219,7 +219,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub(crate) fn dec<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
     postcard::from_bytes(v).map_err(|e| NodeError::Storage(format!("corrupt metadata record: {e}")))
 }
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     Ok(postcard::to_allocvec(v)?)
 }
 pub(crate) fn get<T: DeserializeOwned>(r: &impl Reader, t: Tbl, k: &[u8]) -> Result<Option<T>> {
@@ -498,6 +498,24 @@ fn apply_fs(w: &impl Writer, volume: VolumeId, op: FsOp, now_ns: i64) -> Result<
     Ok(res)
 }
 
+/// Applies one file-system command exactly once per request id (see `requests`); a
+/// command without one is applied each time it arrives.
+fn apply_call(w: &impl Writer, call: crate::types::FsCall) -> Result<FsResult> {
+    use crate::requests::{admit, record, Admission};
+    let Some(id) = call
+        .request
+        .filter(|_| !call.op.is_read() && !call.op.is_session_op())
+    else {
+        return apply_fs(w, call.volume, call.op, call.now_ns);
+    };
+    if let Admission::Answered(r) = admit(w, call.volume, id)? {
+        return Ok(r);
+    }
+    let result = apply_fs(w, call.volume, call.op, call.now_ns)?;
+    record(w, call.volume, id, &result)?;
+    Ok(result)
+}
+
 /// Applies one command. Storage failures are errors (fatal for the node); everything a
 /// user can cause is a [`Response`].
 pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
@@ -515,6 +533,13 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
             let mut out = Vec::with_capacity(cmds.len());
             for c in cmds {
                 out.push(apply_fs(w, c.volume, c.op, c.now_ns)?);
+            }
+            Ok(Response::FsBatch(out))
+        }
+        Command::FsCalls(calls) => {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                out.push(apply_call(w, c)?);
             }
             Ok(Response::FsBatch(out))
         }
@@ -545,7 +570,7 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
                     continue;
                 };
                 if rec.expires_ns < now_ns {
-                    close_session(w, &mut vol, session)?;
+                    close_session(w, &mut vol, session, now_ns)?;
                     put(w, Tbl::Volumes, &k_u64(vol_id), &vol)?;
                     ended += 1;
                 }
@@ -553,6 +578,7 @@ pub fn apply(w: &impl Writer, cmd: Command) -> Result<Response> {
             if ended > 0 {
                 tracing::debug!(sessions = ended, "expired client sessions ended");
             }
+            crate::requests::prune_tombstones(w, now_ns)?;
             Ok(Response::None)
         }
         Command::CreateSnapshot {
@@ -774,7 +800,8 @@ fn purge_volume(w: &impl Writer, id: VolumeId, limit: u32) -> Result<Response> {
         }
     }
     // Orphan marks, client sessions and what they hold, and a clone's origin.
-    for kind in [b"orphan/".as_slice(), b"session/", b"held/", b"origin/"] {
+    let kinds = [b"orphan/".as_slice(), b"session/", b"held/", b"origin/"];
+    for kind in kinds.into_iter().chain(crate::requests::VOLUME_PREFIXES) {
         let marks = [kind, &prefix].concat();
         let rows = w.scan(
             Tbl::Sys,
@@ -1107,23 +1134,27 @@ fn touch_dir(
     put(w, Tbl::Inodes, &k_inode(vol, dir.attr.ino), &dir)
 }
 
+/// `tryfs!(r)`: the value of a `Result<FsRes<T>>`, returning the file-system error as
+/// the command's answer (and a storage error as a failure).
+macro_rules! tryfs {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+}
+/// `ensure!(r)`: returns the file-system error of an `FsRes<()>` as the answer.
+macro_rules! ensure {
+    ($e:expr) => {
+        if let Err(e) = $e {
+            return Ok(Err(e));
+        }
+    };
+}
+
 fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<FsResult> {
     let id = vol.info.id;
-    macro_rules! tryfs {
-        ($e:expr) => {
-            match $e? {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(e)),
-            }
-        };
-    }
-    macro_rules! ensure {
-        ($e:expr) => {
-            if let Err(e) = $e {
-                return Ok(Err(e));
-            }
-        };
-    }
     match op {
         FsOp::Create {
             parent,
@@ -1329,65 +1360,27 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             new_parent,
             new_name,
             no_replace,
-        } => {
-            ensure!(check_name(&new_name));
-            tryfs!(need_dir(w, id, parent));
-            tryfs!(need_dir(w, id, new_parent));
-            let Some(src) = lookup(w, id, parent, &name)? else {
-                return Ok(Err(FsError::NotFound));
-            };
-            let dst = lookup(w, id, new_parent, &new_name)?;
-            if let Some(d) = dst {
-                if d.ino == src.ino {
-                    return Ok(Ok(FsReply::Done));
-                }
-                if no_replace {
-                    return Ok(Err(FsError::Exists));
-                }
-                match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
-                    (true, false) => return Ok(Err(FsError::NotDir)),
-                    (false, true) => return Ok(Err(FsError::IsDir)),
-                    (true, true) if !dir_is_empty(w, id, d.ino)? => {
-                        return Ok(Err(FsError::NotEmpty))
-                    }
-                    _ => {}
-                }
-            }
-            if src.kind == FileKind::Dir && parent != new_parent {
-                // Refuse moving a directory below itself: walk up from the new parent.
-                let mut cur = new_parent;
-                loop {
-                    if cur == src.ino {
-                        return Ok(Err(FsError::Loop));
-                    }
-                    if cur == ringfs_core::ids::ROOT_INO {
-                        break;
-                    }
-                    cur = tryfs!(need_inode(w, id, cur)).parent;
-                }
-            }
-            // All checks passed: mutate.
-            if let Some(d) = dst {
-                let rec = tryfs!(need_inode(w, id, d.ino));
-                unlink_inode(w, vol, new_parent, &new_name, rec, false, now)?;
-            }
-            w.del(Tbl::Dentries, &k_dentry(id, parent, &name))?;
-            put(w, Tbl::Dentries, &k_dentry(id, new_parent, &new_name), &src)?;
-            let mut rec = tryfs!(need_inode(w, id, src.ino));
-            rec.attr.ctime_ns = now;
-            let moved_dir = src.kind == FileKind::Dir && parent != new_parent;
-            if src.kind == FileKind::Dir {
-                rec.parent = new_parent;
-            }
-            put(w, Tbl::Inodes, &k_inode(id, src.ino), &rec)?;
-            let old_dir = tryfs!(need_inode(w, id, parent));
-            touch_dir(w, id, old_dir, now, if moved_dir { -1 } else { 0 })?;
-            if parent != new_parent {
-                let new_dir = tryfs!(need_inode(w, id, new_parent));
-                touch_dir(w, id, new_dir, now, if moved_dir { 1 } else { 0 })?;
-            }
-            Ok(Ok(FsReply::Done))
-        }
+        } => rename(
+            w, vol, parent, name, new_parent, new_name, no_replace, None, now,
+        ),
+        FsOp::RenameHeld {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            no_replace,
+            session,
+        } => rename(
+            w,
+            vol,
+            parent,
+            name,
+            new_parent,
+            new_name,
+            no_replace,
+            Some(session),
+            now,
+        ),
         FsOp::SetAttr { ino, set } => set_attr(w, vol, ino, set, now),
         FsOp::Write {
             ino,
@@ -1405,6 +1398,11 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             ttl_ms,
             info,
         } => {
+            if crate::requests::ended(w, id, session)? {
+                // Its stored replies are gone: reopening it would let a late retry of one
+                // of its requests be applied a second time.
+                return Ok(Err(FsError::SessionExpired(session)));
+            }
             let rec = SessionRec {
                 expires_ns: session_expiry(now, ttl_ms),
                 info,
@@ -1421,7 +1419,7 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             Ok(Ok(FsReply::Done))
         }
         FsOp::SessionClose { session } => {
-            close_session(w, vol, session)?;
+            close_session(w, vol, session, now)?;
             Ok(Ok(FsReply::Done))
         }
         FsOp::UnlinkHeld {
@@ -1451,6 +1449,86 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             "{other:?} is not a write operation"
         )))),
     }
+}
+
+/// Renames `parent/name` to `new_parent/new_name`, replacing what is there (unless
+/// `no_replace`). With `held`, a replaced file that loses its last link stays as an
+/// orphan held by that session instead of being dropped.
+#[allow(clippy::too_many_arguments)]
+fn rename(
+    w: &impl Writer,
+    vol: &mut VolumeRec,
+    parent: Ino,
+    name: Vec<u8>,
+    new_parent: Ino,
+    new_name: Vec<u8>,
+    no_replace: bool,
+    held: Option<u64>,
+    now: i64,
+) -> Result<FsResult> {
+    let id = vol.info.id;
+    ensure!(check_name(&new_name));
+    tryfs!(need_dir(w, id, parent));
+    tryfs!(need_dir(w, id, new_parent));
+    let Some(src) = lookup(w, id, parent, &name)? else {
+        return Ok(Err(FsError::NotFound));
+    };
+    let dst = lookup(w, id, new_parent, &new_name)?;
+    if let Some(d) = dst {
+        if d.ino == src.ino {
+            return Ok(Ok(FsReply::Done));
+        }
+        if no_replace {
+            return Ok(Err(FsError::Exists));
+        }
+        match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
+            (true, false) => return Ok(Err(FsError::NotDir)),
+            (false, true) => return Ok(Err(FsError::IsDir)),
+            (true, true) if !dir_is_empty(w, id, d.ino)? => return Ok(Err(FsError::NotEmpty)),
+            _ => {}
+        }
+    }
+    if src.kind == FileKind::Dir && parent != new_parent {
+        // Refuse moving a directory below itself: walk up from the new parent.
+        let mut cur = new_parent;
+        loop {
+            if cur == src.ino {
+                return Ok(Err(FsError::Loop));
+            }
+            if cur == ringfs_core::ids::ROOT_INO {
+                break;
+            }
+            cur = tryfs!(need_inode(w, id, cur)).parent;
+        }
+    }
+    // All checks passed: mutate.
+    if let Some(d) = dst {
+        let rec = tryfs!(need_inode(w, id, d.ino));
+        let replaced = rec.attr.ino;
+        unlink_inode(w, vol, new_parent, &new_name, rec, held.is_some(), now)?;
+        if let Some(session) = held {
+            // The replaced file became an orphan the session holds open.
+            if inode(w, id, replaced)?.is_some_and(|r| r.attr.nlink == 0) {
+                w.put(Tbl::Sys, &k_held(id, session, replaced), &[])?;
+            }
+        }
+    }
+    w.del(Tbl::Dentries, &k_dentry(id, parent, &name))?;
+    put(w, Tbl::Dentries, &k_dentry(id, new_parent, &new_name), &src)?;
+    let mut rec = tryfs!(need_inode(w, id, src.ino));
+    rec.attr.ctime_ns = now;
+    let moved_dir = src.kind == FileKind::Dir && parent != new_parent;
+    if src.kind == FileKind::Dir {
+        rec.parent = new_parent;
+    }
+    put(w, Tbl::Inodes, &k_inode(id, src.ino), &rec)?;
+    let old_dir = tryfs!(need_inode(w, id, parent));
+    touch_dir(w, id, old_dir, now, if moved_dir { -1 } else { 0 })?;
+    if parent != new_parent {
+        let new_dir = tryfs!(need_inode(w, id, new_parent));
+        touch_dir(w, id, new_dir, now, if moved_dir { 1 } else { 0 })?;
+    }
+    Ok(Ok(FsReply::Done))
 }
 
 /// BSD group semantics of a set-group-ID directory: what is created in it gets the
@@ -1579,8 +1657,12 @@ fn write_slices(
     for cs in &slices {
         if !cs.slice.is_valid() {
             return Ok(Err(FsError::Invalid(format!(
-                "malformed slice for chunk {}: {:?}",
-                cs.chunk, cs.slice
+                "malformed slice for chunk {} (pos {}, len {}, skip {}, {} blocks)",
+                cs.chunk,
+                cs.slice.pos,
+                cs.slice.len,
+                cs.slice.skip,
+                cs.slice.blocks.len()
             ))));
         }
         let slice_end = cs

@@ -21,9 +21,12 @@ pub mod meta;
 pub mod migrate;
 pub mod network;
 pub mod node;
+pub mod requests;
 pub mod scrub;
 pub mod sm;
 pub mod snapshots;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod types;
 
 pub use app::run;

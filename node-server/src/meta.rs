@@ -7,9 +7,9 @@ use crate::fsm;
 use crate::node::{now_ns, Node, Route};
 use crate::snapshots;
 use crate::types::{
-    CloneSource, Command, FsCommand, RefusalCode, Response as SmResponse, SnapshotInfo, VolumeInfo,
+    CloneSource, Command, FsCall, RefusalCode, Response as SmResponse, SnapshotInfo, VolumeInfo,
 };
-use ringfs_core::fs::{FsOp, FsResult, FS_FORMAT};
+use ringfs_core::fs::{FsOp, FsResult, RequestId, FS_FORMAT, MAX_FS_OP_BYTES};
 use ringfs_proto::meta::meta_service_client::MetaServiceClient;
 use ringfs_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use ringfs_proto::meta::*;
@@ -343,22 +343,47 @@ impl MetaService for MetaServer {
                 r.format
             )));
         }
+        if r.op.len() > MAX_FS_OP_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "file-system op of {} bytes is larger than the {MAX_FS_OP_BYTES} one command may \
+                 have (it must fit in one replication message); split it",
+                r.op.len()
+            )));
+        }
         let op: FsOp = postcard::from_bytes(&r.op)
             .map_err(|e| Status::invalid_argument(format!("malformed file-system op: {e}")))?;
+        op.check_bounds().map_err(Status::invalid_argument)?;
         let result: FsResult = if op.is_read() {
             let vol = r.volume_id;
             self.read(|tx| fsm::query(tx, vol, &op)).await?
         } else {
-            self.node
+            // Session management is idempotent by nature and opens the session the ids
+            // would name: it is never deduplicated.
+            let request = (r.session != 0 && !op.is_session_op()).then_some(RequestId {
+                session: r.session,
+                seq: r.seq,
+                acked_below: r.acked_below,
+            });
+            let result = self
+                .node
                 .write_fs(
-                    FsCommand {
+                    FsCall {
                         volume: r.volume_id,
                         op,
                         now_ns: now_ns(),
+                        request,
                     },
                     r.op.len(),
                 )
-                .await?
+                .await?;
+            if let Some(id) = request {
+                if self.node.failpoints.lose_reply(id) {
+                    return Err(Status::unavailable(
+                        "failpoint: the reply of this committed command was dropped",
+                    ));
+                }
+            }
+            result
         };
         let bytes =
             postcard::to_allocvec(&result).map_err(|e| NodeError::Storage(e.to_string()))?;

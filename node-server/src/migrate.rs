@@ -222,6 +222,14 @@ impl BlockHooks for Hooks {
         if req.sources.is_empty() {
             return Err(Status::invalid_argument("a pull needs at least one source"));
         }
+        // Copy only once this node has applied the layout the pull was planned on: its
+        // stale-copy sweep works on its own applied layouts, and a node still on an older
+        // version would delete the pulled copies of partitions only the newer one gives
+        // it (after the leader counted the pull done). Once the version is applied, the
+        // sweep's own check under the gate sees it and stops.
+        if req.layout_version > 0 {
+            wait_applied(&self.node, req.layout_version).await?;
+        }
         let sources: Vec<Replica> = req
             .sources
             .iter()

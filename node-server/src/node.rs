@@ -6,7 +6,7 @@ use crate::blocks::BlockStore;
 use crate::config::Config;
 use crate::error::{NodeError, Result};
 use crate::sm::SmStore;
-use crate::types::{Command, FsCommand, NodeId, Raft, Response};
+use crate::types::{Command, FsCall, NodeId, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, Vote};
 use ringfs_client::ChannelPool;
@@ -38,6 +38,79 @@ pub struct Node {
     pub fs_batch: FsBatcher,
     /// Random per process start (reported by Health; see `migrate::detect_failures`).
     pub boot_id: u64,
+    /// Test-only fault injection (off unless `--failpoint-lose-replies`).
+    pub failpoints: Failpoints,
+    /// The vote and the last log index this process started with (see [`RestartGate`]).
+    pub restart: RestartGate,
+}
+
+/// Linearizable reads on a leader that was restored by a restart.
+///
+/// openraft restores a node whose persisted vote is its own committed one as leader of
+/// the *same* term at startup, without an election or a blank entry of a new term. Its
+/// commit index is only re-learned by replicating (the stored one is not fsynced), so
+/// right after a restart it may not have applied writes it acknowledged before it died:
+/// every check of "leader of this term, own-term entry applied, quorum confirmed" passes
+/// on stale state. (Found by the fault suite, seed 1796354377195471596: a kill of every
+/// node, then a read that returned the value before the last acknowledged write.)
+///
+/// Every write this node acknowledged as leader is in its log at or below
+/// `last_log_index` (an entry is fsynced before the leader counts itself in its quorum),
+/// and a leader never truncates its own log: so while the vote is still the one it
+/// started with, reads wait until that index is applied. A new vote means a new term,
+/// where openraft's blank entry and the own-term rule already cover this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestartGate {
+    pub vote: Option<Vote<NodeId>>,
+    pub last_log_index: Option<u64>,
+}
+
+impl RestartGate {
+    /// True when reads may be served as far as the restart is concerned: the vote has
+    /// changed since start, or everything logged before the restart is applied.
+    pub fn passed(&self, vote: &Vote<NodeId>, last_applied: Option<u64>) -> bool {
+        match (self.vote, self.last_log_index) {
+            (Some(v), Some(last)) if v == *vote => last_applied.is_some_and(|a| a >= last),
+            _ => true,
+        }
+    }
+}
+
+/// Test-only fault injection inside the node, for what a proxy cannot do precisely: lose
+/// the reply of a command that *did* commit.
+#[derive(Default)]
+pub struct Failpoints {
+    lose_replies: bool,
+    /// Requests whose reply was already dropped once (their retry is answered).
+    lost: std::sync::Mutex<std::collections::HashSet<ringfs_core::fs::RequestId>>,
+}
+
+impl Failpoints {
+    pub fn new(config: &Config) -> Failpoints {
+        if config.failpoint_lose_replies {
+            tracing::warn!("TEST FAILPOINT: replies of committed commands are dropped once");
+        }
+        Failpoints {
+            lose_replies: config.failpoint_lose_replies,
+            lost: Default::default(),
+        }
+    }
+
+    /// Whether to drop the reply to `id` (true once per request id).
+    pub fn lose_reply(&self, id: ringfs_core::fs::RequestId) -> bool {
+        if !self.lose_replies {
+            return false;
+        }
+        let key = ringfs_core::fs::RequestId {
+            acked_below: 0,
+            ..id
+        };
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.len() > 100_000 {
+            lost.clear();
+        }
+        lost.insert(key)
+    }
 }
 
 /// When a quorum last acknowledged this node as leader, as seen in Raft's metrics.
@@ -95,7 +168,11 @@ impl LeaderLease {
             .last_applied
             .map(|l| l.leader_id == *m.vote.leader_id())
             .unwrap_or(false);
-        if !own_term_applied {
+        if !own_term_applied
+            || !node
+                .restart
+                .passed(&m.vote, m.last_applied.map(|l| l.index))
+        {
             return false;
         }
         let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +260,7 @@ impl Node {
 
     /// Commits a file-system command, whose encoded op is `size` bytes, through the
     /// group-commit batcher (see `batch`).
-    pub async fn write_fs(&self, cmd: FsCommand, size: usize) -> Result<FsResult> {
+    pub async fn write_fs(&self, cmd: FsCall, size: usize) -> Result<FsResult> {
         self.fs_batch.write(cmd, size).await
     }
 
@@ -197,13 +274,39 @@ impl Node {
             return Ok(());
         }
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.restart_caught_up().await,
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(NodeError::NotLeader {
                     leader: f.leader_node.map(|n| n.addr),
                 })
             }
             Err(e) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits (up to [`LEADER_WAIT`]) until this node has applied everything it logged
+    /// before its restart, unless its vote changed since (see [`RestartGate`]).
+    async fn restart_caught_up(&self) -> Result<()> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if self
+                    .restart
+                    .passed(&m.vote, m.last_applied.map(|l| l.index))
+                {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(NodeError::Unavailable("raft is shutting down".into())),
+                Err(_) => return Err(NodeError::Unavailable(
+                    "this leader is still re-applying what it had logged before its restart; retry"
+                        .into(),
+                )),
+            }
         }
     }
 
@@ -215,5 +318,43 @@ impl Node {
             tonic::metadata::MetadataValue::from_static("1"),
         );
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader restored by a restart in the vote it had serves no read until it has
+    /// applied everything it had logged; a new vote (a new term) lifts the gate.
+    #[test]
+    fn restart_gate_holds_reads_until_the_logged_entries_are_applied() {
+        let vote = Vote::new_committed(5, 3);
+        let gate = RestartGate {
+            vote: Some(vote),
+            last_log_index: Some(100),
+        };
+        assert!(!gate.passed(&vote, None));
+        assert!(
+            !gate.passed(&vote, Some(90)),
+            "own-term entry 90 applied, 91-100 not yet"
+        );
+        assert!(gate.passed(&vote, Some(100)));
+        assert!(gate.passed(&vote, Some(120)));
+        assert!(
+            gate.passed(&Vote::new_committed(6, 2), Some(90)),
+            "another term"
+        );
+        assert!(
+            gate.passed(&Vote::new_committed(6, 3), Some(90)),
+            "re-elected: new term"
+        );
+        // A node that started with an empty log or no vote has nothing to wait for.
+        assert!(RestartGate::default().passed(&vote, None));
+        let empty = RestartGate {
+            vote: Some(vote),
+            last_log_index: None,
+        };
+        assert!(empty.passed(&vote, None));
     }
 }

@@ -319,8 +319,13 @@ impl SmStore {
 
     /// Writes a snapshot of the current state to `current.snap` (atomically replaced).
     fn build_snapshot_file(&self) -> Result<SnapshotMeta> {
-        self.make_durable()?;
+        // Read first, then make durable: a durable commit persists every commit before
+        // it, so the state this snapshot describes is on disk before openraft purges the
+        // logs up to its last id. (The other order let an apply committed in between land
+        // in the snapshot but not on disk: after a crash the node's state was behind logs
+        // already purged, and it could not start.)
         let tx = self.db.begin_read()?;
+        self.make_durable()?;
         let (applied, membership) = {
             let applied: Option<LogId> = match tx.get(Tbl::Sys, KEY_LAST_APPLIED)? {
                 Some(v) => postcard::from_bytes(&v)?,

@@ -117,6 +117,11 @@ pub enum Command {
     /// Several file-system commands proposed together (group commit, see `batch`):
     /// applied in order, exactly as if each were its own entry.
     FsBatch(Vec<FsCommand>),
+    // ---- appended: earlier variants keep their tags, so older log entries decode ----
+    /// File-system commands, each with the client's exactly-once request id when it sent
+    /// one (see `requests`): what the batcher proposes, one or many per entry, applied
+    /// in order. `Fs` and `FsBatch` are what older nodes proposed; they still apply.
+    FsCalls(Vec<FsCall>),
 }
 
 /// One file-system command of a [`Command::FsBatch`] (the fields of [`Command::Fs`]).
@@ -125,6 +130,16 @@ pub struct FsCommand {
     pub volume: VolumeId,
     pub op: FsOp,
     pub now_ns: i64,
+}
+
+/// One file-system command of a [`Command::FsCalls`] entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsCall {
+    pub volume: VolumeId,
+    pub op: FsOp,
+    pub now_ns: i64,
+    /// The client's request id: a duplicate is answered from the stored reply.
+    pub request: Option<ringfs_core::fs::RequestId>,
 }
 
 /// What a clone copies.
@@ -172,7 +187,7 @@ pub enum Response {
         snapshot: SnapshotInfo,
         created: bool,
     },
-    /// The results of a [`Command::FsBatch`], in its order.
+    /// The results of a [`Command::FsBatch`] or [`Command::FsCalls`], in its order.
     FsBatch(Vec<FsResult>),
 }
 

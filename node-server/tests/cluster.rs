@@ -294,6 +294,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             volume_id: 1,
             format: ringfs_core::fs::FS_FORMAT,
             op: vec![0xff, 0xff, 0xff].into(),
+            ..Default::default()
         })
         .await
         .expect_err("garbage op");
@@ -303,6 +304,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             volume_id: 1,
             format: 999,
             op: vec![].into(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown format");
@@ -312,10 +314,24 @@ async fn bad_input_is_refused_and_changes_nothing() {
             volume_id: 1,
             format: 1,
             op: vec![0u8; 16 << 20].into(),
+            ..Default::default()
         })
         .await
         .expect_err("oversized");
     assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+    // Within one gRPC message but too large for one replication message with its
+    // envelope: refused before it is proposed (it could never be committed).
+    let e = raw
+        .fs(FsRequest {
+            volume_id: 1,
+            format: 1,
+            op: vec![0u8; ringfs_core::fs::MAX_FS_OP_BYTES + 1].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("op larger than one command may be");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("replication message"), "{e}");
     let mut raw_blocks = ringfs_proto::block::block_service_client::BlockServiceClient::new(ch)
         .max_encoding_message_size(64 << 20);
     let e = raw_blocks

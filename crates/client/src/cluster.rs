@@ -4,7 +4,7 @@ use crate::blocks::{BlockIo, Replica};
 use crate::error::{ClientError, Result};
 use crate::pool::ChannelPool;
 use crate::pool::NodeChannel as Channel;
-use ringfs_core::fs::{FsOp, FsReply, FsResult, FS_FORMAT};
+use ringfs_core::fs::{FsOp, FsReply, FsResult, RequestId, FS_FORMAT};
 use ringfs_core::layout::{Layout, NodeSpec};
 use ringfs_core::slice::BlockRef;
 use ringfs_core::{BlockId, NodeId, VolumeId};
@@ -347,17 +347,47 @@ impl Cluster {
             .deleted)
     }
 
-    /// Runs a file-system operation; POSIX failures come back as [`ClientError::Fs`].
+    /// Runs a file-system operation without a request id; POSIX failures come back as
+    /// [`ClientError::Fs`]. Safe to retry only for reads and ops idempotent by nature
+    /// (session management): mutating ops go through [`crate::Vol::fs`], which gives
+    /// them an exactly-once request id.
     pub async fn fs(&self, volume: VolumeId, op: &FsOp) -> Result<FsReply> {
-        let bytes = postcard::to_allocvec(op).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let req = FsRequest {
-            volume_id: volume,
-            format: FS_FORMAT,
-            op: bytes.into(),
-        };
+        self.fs_raw(volume, op, None).await
+    }
+
+    /// [`Cluster::fs`] with a fixed request id (or none).
+    pub async fn fs_raw(
+        &self,
+        volume: VolumeId,
+        op: &FsOp,
+        request: Option<RequestId>,
+    ) -> Result<FsReply> {
+        self.fs_raw_with(volume, op, || request).await
+    }
+
+    /// Runs a file-system op; `request` gives the request id of each attempt. Every
+    /// attempt of a mutating op must name the same session and seq (only `acked_below`
+    /// may move): that is what makes resending it after an ambiguous failure safe.
+    pub async fn fs_raw_with(
+        &self,
+        volume: VolumeId,
+        op: &FsOp,
+        request: impl Fn() -> Option<RequestId>,
+    ) -> Result<FsReply> {
+        let bytes: bytes::Bytes = postcard::to_allocvec(op)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .into();
         let reply = self
             .call(|ch| {
-                let req = req.clone();
+                let id = request();
+                let req = FsRequest {
+                    volume_id: volume,
+                    format: FS_FORMAT,
+                    op: bytes.clone(),
+                    session: id.map_or(0, |i| i.session),
+                    seq: id.map_or(0, |i| i.seq),
+                    acked_below: id.map_or(0, |i| i.acked_below),
+                };
                 async move { Self::meta(ch).fs(req).await }
             })
             .await?;

@@ -24,6 +24,14 @@ pub enum ClientError {
     Invalid(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A mutating request may or may not have been applied, and that can no longer be
+    /// learned (the retries ran out, or the session ended while it was retried). Whatever
+    /// it referenced must be kept: it may be part of the namespace now.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A commit was never sent because preparing it (uploading its blocks) failed.
+    #[error("{0}")]
+    NotCommitted(Box<ClientError>),
 }
 
 fn rejected_text(s: &tonic::Status) -> String {
@@ -38,10 +46,25 @@ fn rejected_text(s: &tonic::Status) -> String {
 }
 
 impl ClientError {
+    /// True when the request this error answers was certainly not applied: the state
+    /// machine refused it (every file-system command validates before it changes
+    /// anything), or it never left the client. Only then may what it referenced (freshly
+    /// uploaded blocks) be deleted. Any other failure may follow a commit whose reply was
+    /// lost.
+    pub fn not_applied(&self) -> bool {
+        match self {
+            ClientError::Fs(_) | ClientError::Invalid(_) | ClientError::NotCommitted(_) => true,
+            // Refused by the node's validation before anything was proposed.
+            ClientError::Rejected(s) => s.code() == tonic::Code::InvalidArgument,
+            _ => false,
+        }
+    }
+
     /// The gRPC status code, when the error came from a node.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             ClientError::Rejected(s) => Some(s.code()),
+            ClientError::NotCommitted(e) => e.code(),
             _ => None,
         }
     }

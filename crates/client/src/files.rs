@@ -4,6 +4,7 @@
 use crate::blocks::Replica;
 use crate::cluster::{Cluster, LayoutView};
 use crate::error::{ClientError, Result};
+use crate::session::{Session, DEFAULT_SESSION_TTL};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ringfs_core::fs::{Attr, ChunkSlice, DirEntry, FileKind, FsError, FsOp, FsReply, MAX_READDIR};
@@ -26,6 +27,21 @@ pub struct Vol {
     pub id: VolumeId,
     pub name: String,
     pub replication: u32,
+    /// The client session mutating ops are sent under (exactly once; see `session`).
+    /// Clones share it.
+    pub session: Arc<Session>,
+}
+
+/// Who holds a library session, for operators (`ringfs` lists sessions with it).
+fn session_info() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let exe = std::env::args()
+        .next()
+        .and_then(|a| a.rsplit('/').next().map(str::to_string))
+        .unwrap_or_default();
+    format!("{exe} pid {} on {host}", std::process::id())
 }
 
 fn expect_attr(r: FsReply) -> Result<Attr> {
@@ -47,6 +63,7 @@ impl Vol {
         let v = cluster.volume(name).await?;
         Ok(Vol {
             cluster,
+            session: Session::new(v.id, DEFAULT_SESSION_TTL, session_info()),
             id: v.id,
             name: v.name,
             replication: v.replication,
@@ -58,14 +75,34 @@ impl Vol {
         let s = cluster.snapshot(name).await?;
         Ok(Vol {
             cluster,
+            session: Session::new(s.id, DEFAULT_SESSION_TTL, session_info()),
             id: s.id,
             name: s.name,
             replication: s.replication,
         })
     }
 
+    /// The same volume under a session of its own with lease `ttl` (a mount's), named
+    /// `info` for operators.
+    pub fn with_session(mut self, ttl: std::time::Duration, info: impl Into<String>) -> Vol {
+        self.session = Session::new(self.id, ttl, info);
+        self
+    }
+
+    /// Runs a file-system op. A mutating one is sent under this volume's client session
+    /// with a request id, so however often it is resent after an ambiguous failure it is
+    /// applied once, and the caller gets the first attempt's result. Reads and session
+    /// management are idempotent by nature and carry none.
     pub async fn fs(&self, op: FsOp) -> Result<FsReply> {
-        self.cluster.fs(self.id, &op).await
+        if op.is_read() || op.is_session_op() {
+            return self.cluster.fs(self.id, &op).await;
+        }
+        self.session.run(&self.cluster, &op).await
+    }
+
+    /// Ends this volume's client session now (best effort; it expires by itself).
+    pub async fn close_session(&self) -> Result<()> {
+        self.session.close(&self.cluster).await
     }
 
     pub async fn stat(&self, path: &str) -> Result<Attr> {
@@ -325,9 +362,13 @@ impl Vol {
             match self.fs(op).await {
                 Ok(r) => last = expect_attr(r)?,
                 Err(e) => {
-                    // Not committed: the uploaded blocks are garbage. Remove them now
-                    // (best effort; the orphan sweep catches what this misses).
-                    self.discard(&view, &refs).await;
+                    // Refused: the uploaded blocks are garbage; remove them now (best
+                    // effort; the orphan sweep catches what this misses). Never on an
+                    // unknown outcome: the commit may have happened, and then the file
+                    // references them.
+                    if e.not_applied() {
+                        self.discard(&view, &refs).await;
+                    }
                     return Err(e);
                 }
             }
@@ -473,10 +514,20 @@ impl Vol {
         let mut sources = self.cluster.read_replicas(view, &block.id);
         sources.sort_by_key(|r| bad.contains(&r.node));
         match self.cluster.io.get(&sources, block, 0, 0).await {
+            // With the layout version of the view it was planned on: a node that has not
+            // applied that version yet waits for it, so its stale-copy sweep (which works
+            // on its own applied layout) cannot delete the repaired copy.
             Ok(data) => match self
                 .cluster
                 .io
-                .put(&targets, block.id, data, targets.len())
+                .put_quorums(
+                    &targets,
+                    &[(targets.iter().map(|r| r.node).collect(), targets.len())],
+                    view.current().map(|l| l.version).unwrap_or(0),
+                    true,
+                    block.id,
+                    data,
+                )
                 .await
             {
                 Ok(_) => targets.len(),

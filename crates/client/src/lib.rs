@@ -6,8 +6,10 @@ pub mod cluster;
 pub mod error;
 pub mod files;
 pub mod pool;
+pub mod session;
 
 pub use cluster::{Cluster, VolumeSource};
 pub use error::{ClientError, Result};
 pub use files::Vol;
 pub use pool::{ChannelPool, NodeChannel};
+pub use session::Session;

@@ -231,6 +231,17 @@ pub enum FsOp {
         ino: Ino,
         session: u64,
     },
+    /// [`FsOp::Rename`] on behalf of `session`, which holds the file it replaces open:
+    /// that file stays as an orphan held by the session (like [`FsOp::UnlinkHeld`]) until
+    /// [`FsOp::Release`], so its readers keep reading it (write-new-then-rename-over).
+    RenameHeld {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        no_replace: bool,
+        session: u64,
+    },
 }
 
 /// How [`FsOp::SetXattr`] treats an existing / missing attribute (setxattr(2) flags).
@@ -244,12 +255,69 @@ pub enum XattrMode {
     Replace,
 }
 
+/// Largest encoded [`FsOp`] a node accepts. With the Raft envelope around it (log id,
+/// vote, the command's other fields: a few hundred bytes at most) one command always fits
+/// in one replication message (8 MiB): a larger one could be committed by nobody, and
+/// every later write would queue behind it.
+pub const MAX_FS_OP_BYTES: usize = 7 << 20;
+
+/// Most blocks one slice (of a `Write` or `CompactChunk`) or one `Append` may reference.
+/// A slice covers at most one 64 MiB chunk, 17 blocks of 4 MiB; the bound keeps a chunk
+/// record (at most `MAX_SLICES_PER_CHUNK` slices) near 3 MiB, so it always fits in a
+/// reply and a snapshot record.
+pub const MAX_BLOCKS_PER_SLICE: usize = 32;
+
+/// Longest `info` of a [`FsOp::SessionOpen`].
+pub const MAX_SESSION_INFO: usize = 4096;
+
 /// Longest extended-attribute name (Linux's XATTR_NAME_MAX).
 pub const MAX_XATTR_NAME: usize = 255;
 /// Largest extended-attribute value (Linux's XATTR_SIZE_MAX).
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 
 impl FsOp {
+    /// Session management: idempotent by nature, so never deduplicated (and sent without
+    /// a [`RequestId`]: the session they open may not exist yet).
+    pub fn is_session_op(&self) -> bool {
+        matches!(
+            self,
+            FsOp::SessionOpen { .. } | FsOp::SessionRenew { .. } | FsOp::SessionClose { .. }
+        )
+    }
+
+    /// Checks the bounds that keep every accepted op replicable and every state record
+    /// it can produce bounded (see [`MAX_FS_OP_BYTES`]); the message says what was too
+    /// large. Everything else is validated when the op is applied.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let slices: Box<dyn Iterator<Item = &Slice>> = match self {
+            FsOp::Write { slices, .. } => Box::new(slices.iter().map(|s| &s.slice)),
+            FsOp::CompactChunk { slices, .. } => Box::new(slices.iter()),
+            FsOp::Append { blocks, .. } if blocks.len() > MAX_BLOCKS_PER_SLICE => {
+                return Err(format!(
+                    "an append may reference at most {MAX_BLOCKS_PER_SLICE} blocks, this one {}; \
+                     append less at a time",
+                    blocks.len()
+                ))
+            }
+            FsOp::SessionOpen { info, .. } if info.len() > MAX_SESSION_INFO => {
+                return Err(format!(
+                    "session info is at most {MAX_SESSION_INFO} bytes, got {}",
+                    info.len()
+                ))
+            }
+            _ => Box::new(std::iter::empty()),
+        };
+        for s in slices {
+            if s.blocks.len() > MAX_BLOCKS_PER_SLICE {
+                return Err(format!(
+                    "a slice may reference at most {MAX_BLOCKS_PER_SLICE} blocks, this one {}",
+                    s.blocks.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_read(&self) -> bool {
         matches!(
             self,
@@ -265,6 +333,25 @@ impl FsOp {
         )
     }
 }
+
+/// Identifies one mutating request of a client session, so the state machine applies it
+/// exactly once however often it is sent (the Raft dissertation's §6.3 design): a retry
+/// after an ambiguous failure (reply lost, leader killed, connection dropped) carries the
+/// same `seq` and gets the first attempt's result instead of being applied again.
+///
+/// `acked_below` is the lowest `seq` the client still waits for: every reply below it
+/// has been received, so the state machine forgets them. This keeps the stored replies
+/// bounded by the requests in flight while still allowing many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub session: u64,
+    pub seq: u64,
+    pub acked_below: u64,
+}
+
+/// Most requests a session may have outstanding (`seq - acked_below`): bounds the replies
+/// the state machine keeps per session.
+pub const MAX_OUTSTANDING_REQUESTS: u64 = 16_384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatFs {
@@ -336,6 +423,11 @@ pub enum FsError {
     /// The namespace is a snapshot: read-only forever (clone it to write).
     #[error("read-only file system: this is a snapshot; create a volume from it to write")]
     ReadOnly,
+    /// The client session a request named has ended (its lease ran out, or it was
+    /// closed) or was never opened. Nothing was applied; a retry of an earlier attempt
+    /// can no longer learn that attempt's outcome.
+    #[error("client session {0:x} has ended or was never opened: open a new session")]
+    SessionExpired(u64),
 }
 
 impl FsError {
@@ -354,6 +446,7 @@ impl FsError {
             FsError::NotPermitted => 1,                    // EPERM
             FsError::Range => 34,                          // ERANGE
             FsError::ReadOnly => 30,                       // EROFS
+            FsError::SessionExpired(_) => 5,               // EIO
         }
     }
 }

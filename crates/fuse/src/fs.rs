@@ -26,9 +26,7 @@ use fuser::{
 };
 use ringfs_client::{ClientError, Vol};
 use ringfs_core::compact::COMPACT_THRESHOLD;
-use ringfs_core::fs::{
-    Attr, DirEntry, FileKind, FsError, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR,
-};
+use ringfs_core::fs::{Attr, DirEntry, FileKind, FsOp, FsReply, SetAttr, XattrMode, MAX_READDIR};
 use ringfs_core::slice::CHUNK_SIZE;
 use ringfs_core::Ino;
 use std::collections::{HashMap, HashSet};
@@ -63,6 +61,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The errno for a failed client call.
 pub fn errno(e: &ClientError) -> Errno {
     match e {
+        ClientError::NotCommitted(inner) => errno(inner),
         ClientError::Fs(f) => Errno::from_i32(f.errno()),
         ClientError::Invalid(_) => Errno::EINVAL,
         ClientError::Rejected(s) => match s.code() {
@@ -73,6 +72,7 @@ pub fn errno(e: &ClientError) -> Errno {
             _ => Errno::EIO,
         },
         ClientError::Unavailable(_)
+        | ClientError::OutcomeUnknown(_)
         | ClientError::Blocks(_)
         | ClientError::Protocol(_)
         | ClientError::StaleLayout(_) => Errno::EIO,
@@ -155,64 +155,6 @@ pub struct RingFs {
     clean: Mutex<HashMap<Ino, Version>>,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
-    /// This mount's client session in the state machine: files it unlinks while open
-    /// are held by it, and dropped by the cluster if the mount dies (lease expiry).
-    session: u64,
-    /// Stops the session's renewal task at unmount.
-    stop_renewal: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
-}
-
-/// Registers a client session for this mount and keeps renewing its lease until `stop`.
-/// A lease that lapsed anyway (the mount was cut off longer than the TTL) is opened
-/// again; the orphans it held may be gone by then, which is logged.
-fn start_session(
-    vol: &Vol,
-    rt: &Handle,
-    session: u64,
-    ttl: Duration,
-    info: String,
-) -> std::io::Result<tokio::sync::watch::Sender<bool>> {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
-    let open = FsOp::SessionOpen {
-        session,
-        ttl_ms,
-        info: info.clone(),
-    };
-    // On a thread of its own: the caller may be running inside the runtime.
-    std::thread::scope(|s| {
-        s.spawn(|| rt.block_on(vol.fs(open.clone())))
-            .join()
-            .map_err(|_| std::io::Error::other("registering the mount's session panicked"))?
-            .map_err(|e| std::io::Error::other(format!("cannot register the mount's session: {e}")))
-    })?;
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let vol = vol.clone();
-    rt.spawn(async move {
-        let period = Duration::from_millis(ttl_ms / 4);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = rx.changed() => return,
-            }
-            match vol.fs(FsOp::SessionRenew { session, ttl_ms }).await {
-                Ok(_) => {}
-                Err(ClientError::Fs(FsError::NotFound)) => {
-                    tracing::warn!(
-                        session,
-                        "the mount's session lapsed (cut off longer than its TTL); files \
-                         unlinked while open may be gone; registering again"
-                    );
-                    if let Err(e) = vol.fs(open.clone()).await {
-                        tracing::warn!(error = %e, "registering the session failed; will retry");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "renewing the mount's session failed; will retry")
-                }
-            }
-        }
-    });
-    Ok(tx)
 }
 
 fn to_time(ns: i64) -> SystemTime {
@@ -282,8 +224,20 @@ impl RingFs {
     /// when the cluster cannot be reached). `info` names the mount for operators.
     pub fn new(vol: Vol, rt: Handle, opts: MountOptions, info: String) -> std::io::Result<RingFs> {
         let blocks = Arc::new(io::BlockCache::new(opts.block_cache_bytes));
-        let session = rand::random::<u64>().max(1);
-        let stop = start_session(&vol, &rt, session, opts.session_ttl, info)?;
+        // The mount's session: its mutating ops are applied exactly once, and files it
+        // unlinks while open are held under it. Registered now, so a mount fails at once
+        // when the cluster cannot be reached; renewed in the background from then on.
+        let vol = vol.with_session(opts.session_ttl, info);
+        let (session, cluster) = (vol.session.clone(), vol.cluster.clone());
+        // On a thread of its own: the caller may be running inside the runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(session.ensure(&cluster)))
+                .join()
+                .map_err(|_| std::io::Error::other("registering the mount's session panicked"))?
+                .map_err(|e| {
+                    std::io::Error::other(format!("cannot register the mount's session: {e}"))
+                })
+        })?;
         Ok(RingFs {
             vol,
             rt,
@@ -297,8 +251,6 @@ impl RingFs {
             compacting: Arc::new(Mutex::new(HashSet::new())),
             clean: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
-            session,
-            stop_renewal: Mutex::new(Some(stop)),
         })
     }
 
@@ -342,39 +294,56 @@ impl RingFs {
         if !st.dirty.is_empty() || !st.append.is_empty() {
             st.chunks.clear();
         }
+        // A failed commit keeps what it could not commit buffered for the next flush,
+        // fsync or close, and records the error for the next fsync or close to report
+        // (Linux's write-back error semantics), so nothing `write()` accepted is dropped
+        // silently.
         if !st.dirty.is_empty() {
             let ext = st.dirty.take();
-            let touched: Vec<(u64, u64)> = ext
-                .iter()
-                .map(|(off, d)| (*off, *off + d.len() as u64))
-                .collect();
-            self.rt
-                .block_on(io::commit_extents(
-                    &self.vol,
-                    &self.blocks,
-                    &self.compacting,
-                    ino,
-                    ext,
-                ))
-                .map_err(|e| {
-                    tracing::warn!(ino, error = %e, "committing buffered writes failed");
-                    errno(&e)
-                })?;
-            for (a, b) in touched {
-                self.committed(ino, a, b);
+            let res = self.rt.block_on(io::commit_extents(
+                &self.vol,
+                &self.blocks,
+                &self.compacting,
+                ino,
+                &ext,
+            ));
+            if let Err(e) = res {
+                tracing::warn!(ino, error = %e, "committing buffered writes failed; they stay buffered");
+                // Positional data: committing it again writes the same bytes at the same
+                // offsets, so it is kept even when this commit's outcome is unknown.
+                for (off, d) in &ext {
+                    st.dirty.write(*off, d);
+                }
+                let e = errno(&e);
+                st.error = Some(e);
+                return Err(e);
+            }
+            for (off, d) in &ext {
+                self.committed(ino, *off, *off + d.len() as u64);
             }
         }
         if !st.append.is_empty() {
-            let data = std::mem::take(&mut st.append);
+            let data = bytes::Bytes::from(std::mem::take(&mut st.append));
             let len = data.len() as u64;
-            let attr = self
+            match self
                 .rt
-                .block_on(io::commit_append(&self.vol, ino, data))
-                .map_err(|e| {
-                    tracing::warn!(ino, error = %e, "committing appends failed");
-                    errno(&e)
-                })?;
-            self.committed(ino, attr.size.saturating_sub(len), attr.size);
+                .block_on(io::commit_append(&self.vol, ino, data.clone()))
+            {
+                Ok(attr) => self.committed(ino, attr.size.saturating_sub(len), attr.size),
+                Err(e) => {
+                    if e.not_applied() {
+                        tracing::warn!(ino, error = %e, "committing appends failed; they stay buffered");
+                        st.append = data.to_vec();
+                    } else {
+                        // Appending again could add the data twice: the commit may have
+                        // happened. The error says the data may be missing.
+                        tracing::warn!(ino, error = %e, bytes = len, "append outcome unknown; not retried");
+                    }
+                    let e = errno(&e);
+                    st.error = Some(e);
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -556,14 +525,9 @@ impl fuser::Filesystem for RingFs {
                 tracing::warn!(ino, error = ?e, "unflushed data at unmount");
             }
         }
-        if let Some(stop) = lock(&self.stop_renewal).take() {
-            let _ = stop.send(true);
-        }
         // Files still open at unmount are closed now: their orphans go with the session.
-        if let Err(e) = self.op(FsOp::SessionClose {
-            session: self.session,
-        }) {
-            tracing::warn!(error = ?e, "ending the mount's session failed; it expires by itself");
+        if let Err(e) = self.rt.block_on(self.vol.close_session()) {
+            tracing::warn!(error = %e, "ending the mount's session failed; it expires by itself");
         }
     }
 
@@ -723,7 +687,7 @@ impl fuser::Filesystem for RingFs {
                 match self.op(FsOp::UnlinkHeld {
                     parent,
                     name,
-                    session: self.session,
+                    session: self.vol.session.id(),
                 }) {
                     Ok(_) => {
                         st.orphan = true;
@@ -792,14 +756,47 @@ impl fuser::Filesystem for RingFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
-        match self.op(FsOp::Rename {
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        // A file open in this mount that the rename replaces must stay readable until its
+        // last close (the write-new-then-rename-over pattern), as with unlink.
+        let open_target = if self.any_open() && !no_replace {
+            match self.op(FsOp::Lookup {
+                parent: newparent.0,
+                name: new_name.clone(),
+            }) {
+                Ok(FsReply::Attr(a)) => self.file_if(a.ino).filter(|f| lock(f).open > 0),
+                Ok(_) => return reply.error(Errno::EIO),
+                Err(Errno::ENOENT) => None,
+                Err(e) => return reply.error(e),
+            }
+        } else {
+            None
+        };
+        let Some(f) = open_target else {
+            return match self.op(FsOp::Rename {
+                parent: parent.0,
+                name,
+                new_parent: newparent.0,
+                new_name,
+                no_replace,
+            }) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
+        };
+        let mut st = lock(&f);
+        match self.op(FsOp::RenameHeld {
             parent: parent.0,
             name,
             new_parent: newparent.0,
             new_name,
-            no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            no_replace,
+            session: self.vol.session.id(),
         }) {
-            Ok(_) => reply.ok(),
+            Ok(_) => {
+                st.orphan = true;
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -938,25 +935,26 @@ impl fuser::Filesystem for RingFs {
         let f = self.file(ino);
         let mut st = lock(&f);
         st.wrote = true;
-        if append {
-            if !st.dirty.is_empty() {
-                if let Err(e) = self.flush_state(ino, &mut st) {
-                    return reply.error(e);
-                }
-            }
-            st.append.extend_from_slice(data);
+        // Flushes happen before this write's data joins the buffer: when one fails, this
+        // write fails with it and its data is not taken (an application that retries a
+        // failed write must not find it twice), while the data of earlier writes stays
+        // buffered for the next try. The buffer never grows past the threshold.
+        let other_kind = if append {
+            !st.dirty.is_empty()
         } else {
-            if !st.append.is_empty() {
-                if let Err(e) = self.flush_state(ino, &mut st) {
-                    return reply.error(e);
-                }
-            }
-            st.dirty.write(offset, data);
-        }
-        if st.pending() >= self.opts.flush_threshold || st.dirty.count() >= MAX_DIRTY_EXTENTS {
+            !st.append.is_empty()
+        };
+        let full = st.pending() + data.len() > self.opts.flush_threshold
+            || st.dirty.count() >= MAX_DIRTY_EXTENTS;
+        if other_kind || full {
             if let Err(e) = self.flush_state(ino, &mut st) {
                 return reply.error(e);
             }
+        }
+        if append {
+            st.append.extend_from_slice(data);
+        } else {
+            st.dirty.write(offset, data);
         }
         reply.written(data.len() as u32)
     }
@@ -992,6 +990,17 @@ impl fuser::Filesystem for RingFs {
             let forget = {
                 let mut st = lock(&f);
                 st.open = st.open.saturating_sub(1);
+                if st.open == 0 && res.is_err() && !(st.dirty.is_empty() && st.append.is_empty()) {
+                    // The last close of the file reported the failure (close's flush):
+                    // nobody is left to retry, so the buffer goes.
+                    tracing::warn!(
+                        ino,
+                        bytes = st.pending(),
+                        "dropping buffered writes that could not be committed (reported to close)"
+                    );
+                    st.dirty.take();
+                    st.append.clear();
+                }
                 if st.open == 0 && !st.wrote && !st.orphan {
                     if let Some(v) = st.opened_at {
                         let mut clean = lock(&self.clean);
@@ -1011,7 +1020,7 @@ impl fuser::Filesystem for RingFs {
             if forget {
                 if let Err(e) = self.op(FsOp::Release {
                     ino,
-                    session: self.session,
+                    session: self.vol.session.id(),
                 }) {
                     tracing::warn!(ino, error = ?e, "dropping an unlinked file failed");
                 }

@@ -2,8 +2,9 @@
 //!
 //! The write path uploads immutable blocks to a write quorum of their replicas *before*
 //! committing the slices that reference them, so a committed slice never points at a
-//! block that is not durable. Blocks of a failed commit are deleted best-effort; the
-//! cluster's orphan sweep removes what that misses.
+//! block that is not durable. Blocks of a commit the cluster refused are deleted
+//! best-effort; blocks of a commit whose outcome is unknown are kept (it may have
+//! committed); the cluster's orphan sweep removes unreferenced ones after a grace period.
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -37,6 +38,22 @@ pub async fn upload(vol: &Vol, blocks: Vec<Bytes>) -> Result<Vec<BlockRef>> {
     .buffered(UPLOAD_PARALLELISM)
     .try_collect()
     .await
+}
+
+/// Deletes the blocks of a commit that failed with `e`, when `e` says the commit was
+/// certainly not applied. On an unknown outcome (the reply was lost, the retries ran out)
+/// the commit may have happened and the namespace may reference them: they stay, and the
+/// orphan sweep removes them after its grace period if nothing does.
+pub async fn discard_refused(vol: &Vol, e: &ClientError, refs: &[BlockRef]) {
+    if e.not_applied() {
+        discard(vol, refs).await;
+    } else {
+        tracing::warn!(
+            blocks = refs.len(),
+            error = %e,
+            "commit outcome unknown: its blocks are kept (the orphan sweep removes them if unreferenced)"
+        );
+    }
 }
 
 /// Deletes blocks that were uploaded but never committed (best effort).
@@ -75,13 +92,14 @@ pub async fn commit_extents(
     cache: &BlockCache,
     compacting: &Compacting,
     ino: Ino,
-    extents: Vec<(u64, Vec<u8>)>,
+    extents: &[(u64, Vec<u8>)],
 ) -> Result<Attr> {
     // (chunk, pos in chunk, len, offset in the packed stream) per slice.
     let mut layout = Vec::new();
     let mut packed = BytesMut::new();
     let mut min_size = 0u64;
     for (off, data) in extents {
+        let off = *off;
         let len = data.len() as u64;
         min_size = min_size.max(off + len);
         let mut p = 0u64;
@@ -97,9 +115,11 @@ pub async fn commit_extents(
             ));
             p += n;
         }
-        packed.extend_from_slice(&data);
+        packed.extend_from_slice(data);
     }
-    let refs = upload(vol, split_blocks(packed.freeze())).await?;
+    let refs = upload(vol, split_blocks(packed.freeze()))
+        .await
+        .map_err(|e| ClientError::NotCommitted(Box::new(e)))?;
     let slices: Vec<ChunkSlice> = layout
         .into_iter()
         .map(|(chunk, pos, len, start)| {
@@ -160,7 +180,7 @@ pub async fn commit_extents(
                 }
             }
             Err(e) => {
-                discard(vol, &refs).await;
+                discard_refused(vol, &e, &refs).await;
                 return Err(e);
             }
         }
@@ -202,9 +222,11 @@ fn blocks_for(refs: &[BlockRef], start: u64, len: u64) -> (u32, Vec<BlockRef>) {
 }
 
 /// Uploads `data` and appends it at the file's size as of the commit.
-pub async fn commit_append(vol: &Vol, ino: Ino, data: Vec<u8>) -> Result<Attr> {
+pub async fn commit_append(vol: &Vol, ino: Ino, data: Bytes) -> Result<Attr> {
     let len = data.len() as u64;
-    let refs = upload(vol, split_blocks(Bytes::from(data))).await?;
+    let refs = upload(vol, split_blocks(data))
+        .await
+        .map_err(|e| ClientError::NotCommitted(Box::new(e)))?;
     match vol
         .fs(FsOp::Append {
             ino,
@@ -215,7 +237,7 @@ pub async fn commit_append(vol: &Vol, ino: Ino, data: Vec<u8>) -> Result<Attr> {
     {
         Ok(r) => expect_attr(r),
         Err(e) => {
-            discard(vol, &refs).await;
+            discard_refused(vol, &e, &refs).await;
             Err(e)
         }
     }
@@ -333,11 +355,12 @@ pub async fn compact_chunk(vol: &Vol, cache: &BlockCache, ino: Ino, chunk: u64) 
     match vol.fs(op).await {
         Ok(FsReply::Compacted { applied: true }) => Ok(true),
         Ok(_) => {
+            // The swap was refused (the chunk changed): nothing references them.
             discard(vol, &uploaded).await;
             Ok(false)
         }
         Err(e) => {
-            discard(vol, &uploaded).await;
+            discard_refused(vol, &e, &uploaded).await;
             Err(e)
         }
     }

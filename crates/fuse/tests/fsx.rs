@@ -403,8 +403,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 #[test]
 fn fsx_random_operations_match_a_local_directory() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let seed: u64 = std::env::var("RINGFS_FSX_SEED")

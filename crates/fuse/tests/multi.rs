@@ -10,8 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn close_to_open_between_two_mounts() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();
@@ -77,8 +76,7 @@ fn resident_pages(path: &std::path::Path) -> usize {
 /// overwrite by another mount drops them, so close-to-open still holds.
 #[test]
 fn page_cache_kept_only_for_unchanged_files() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     use std::os::unix::fs::FileExt;
@@ -132,8 +130,7 @@ fn record(writer: u8, seq: u32) -> Vec<u8> {
 
 #[test]
 fn concurrent_appends_from_two_mounts_lose_nothing() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();
@@ -200,8 +197,7 @@ fn concurrent_appends_from_two_mounts_lose_nothing() {
 
 #[test]
 fn kill_a_node_during_a_long_write() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();
@@ -278,8 +274,7 @@ fn mounted(dir: &std::path::Path) -> bool {
 
 #[test]
 fn files_unlinked_while_open_by_a_dead_mount_are_dropped_after_its_lease() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();
@@ -359,8 +354,7 @@ fn files_unlinked_while_open_by_a_dead_mount_are_dropped_after_its_lease() {
 
 #[test]
 fn a_file_unlinked_by_another_mount_reads_as_stale() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();

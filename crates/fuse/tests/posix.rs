@@ -9,8 +9,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 
 #[test]
 fn basic_file_and_directory_operations() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();
@@ -123,8 +122,7 @@ fn basic_file_and_directory_operations() {
 /// bytes are served from another replica, and the bad copy is re-written.
 #[test]
 fn corrupt_copy_read_through_the_mount_is_repaired() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     use ringfs_core::fs::{FsOp, FsReply};
@@ -214,10 +212,14 @@ fn fails_as_nobody(dir: &std::path::Path, script: &str, msg: &str) {
 /// directory inheritance, and clearing of set-user/group-ID bits on write and chown.
 #[test]
 fn permissions_as_root_and_non_root() {
-    if !fuse_available() || which("setpriv").is_none() {
-        eprintln!("skipping: no /dev/fuse, fusermount3 or setpriv");
+    if !require_fuse() {
         return;
     }
+    // setpriv is in util-linux, part of every Debian install.
+    assert!(
+        which("setpriv").is_some(),
+        "setpriv (util-linux) is missing"
+    );
     let rt = runtime();
     let c = rt.block_on(TestCluster::start(3));
     // The non-root user must be able to reach the mount point.
@@ -399,8 +401,7 @@ fn measure_sequential_throughput() {
 /// oracle, quota accounting stays exact, and the replaced blocks are garbage-collected.
 #[test]
 fn small_random_writes_are_compacted() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     use ringfs_core::compact::COMPACT_THRESHOLD;
@@ -512,8 +513,7 @@ fn small_random_writes_are_compacted() {
 /// writer meeting a full chunk compacts it and retries. Every byte must land.
 #[test]
 fn scattered_small_writes_beyond_the_slice_limit_all_land() {
-    if !fuse_available() {
-        eprintln!("skipping: no /dev/fuse or fusermount3");
+    if !require_fuse() {
         return;
     }
     let rt = runtime();

@@ -51,6 +51,20 @@ pub fn fuse_available() -> bool {
             .any(|p| Path::new(p).exists())
 }
 
+/// Whether FUSE tests can run here. When they cannot, says so loudly; in CI (`CI` set)
+/// that is a failure, not a skip: the FUSE paths must be tested there.
+pub fn require_fuse() -> bool {
+    if fuse_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "FUSE tests cannot run: /dev/fuse or fusermount3 is missing (CI must provide them)"
+    );
+    eprintln!("!!! SKIPPED: no /dev/fuse or fusermount3 on this host: FUSE paths NOT tested !!!");
+    false
+}
+
 pub struct TestNode {
     pub id: u64,
     pub data_dir: PathBuf,
