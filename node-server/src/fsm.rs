@@ -502,12 +502,17 @@ fn apply_fs(w: &impl Writer, volume: VolumeId, op: FsOp, now_ns: i64) -> Result<
 /// command without one is applied each time it arrives.
 fn apply_call(w: &impl Writer, call: crate::types::FsCall) -> Result<FsResult> {
     use crate::requests::{admit, record, Admission};
+    // Reads and session management are idempotent by nature; on a missing volume (or a
+    // read-only snapshot) nothing is applied and the answer says why.
     let Some(id) = call
         .request
         .filter(|_| !call.op.is_read() && !call.op.is_session_op())
     else {
         return apply_fs(w, call.volume, call.op, call.now_ns);
     };
+    if volume_by_id(w, call.volume)?.is_none() {
+        return apply_fs(w, call.volume, call.op, call.now_ns);
+    }
     if let Admission::Answered(r) = admit(w, call.volume, id)? {
         return Ok(r);
     }

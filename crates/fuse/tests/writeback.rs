@@ -41,7 +41,7 @@ fn write_back_errors_reach_fsync_and_close() {
         failed > 0,
         "an 8 MiB volume took 20 MiB without a failed write"
     );
-    rt.block_on(c.client().resize_volume("small", 1 << 30))
+    rt.block_on(vol.cluster.resize_volume("small", 1 << 30))
         .expect("resize");
     let synced = f.sync_all();
     let closed = {
