@@ -55,18 +55,17 @@ export CGO_ENABLED=0
 # Be kind to a 2-core machine that is compiling other things too.
 NICE=(nice -n 19)
 
-# One build at a time per cache; the lock is taken only when something must be built,
-# so a fully cached run never waits for another build.
-locked=0
-lock() {
-  [ "$locked" = 1 ] && return 0
-  exec 9>"$CACHE/.build.lock"
+# One build of each NAME at a time per cache (a lock per name, taken only when something
+# must be built): a fully cached run never waits, and a build of helm is not held up by
+# a build of Kubernetes running in the background (scripts/test.sh starts one early).
+lock() { # name
+  exec 9>"$CACHE/.build-$1.lock"
   if ! flock -n 9; then
-    echo "build.sh: waiting for another build.sh to finish ($CACHE/.build.lock)"
+    echo "build.sh: waiting for another build of $1 to finish ($CACHE/.build-$1.lock)"
     flock 9
   fi
-  locked=1
 }
+unlock() { flock -u 9; exec 9>&-; }
 
 selected() {
   [ ${#only[@]} -eq 0 ] && return 0
@@ -98,10 +97,10 @@ build() {
   local key; key="$(cache_key "$name" "$version" "$modules" "$fn" "$@")"
   local dir="$CACHE/$name-$version-$key"
   if [ -n "$print_dir" ]; then echo "$dir"; return 0; fi
-  if [ ! -f "$dir/.complete" ]; then lock; fi
+  if [ ! -f "$dir/.complete" ]; then lock "$name"; fi
   if [ -f "$dir/.complete" ]; then
     echo "build.sh: $name $version: cached in $dir"
-    use_dir "$name" "$dir"; return 0
+    use_dir "$name" "$dir"; unlock 2>/dev/null || true; return 0
   fi
   local tmp="$dir.tmp" log="$CACHE/logs/build-$name-$version-$key.log" t0=$SECONDS
   rm -rf "$tmp"; mkdir -p "$tmp/bin"
@@ -124,6 +123,7 @@ build() {
   rm -rf "$dir"; mv "$tmp" "$dir"
   echo "build.sh: $name $version: built in $(( SECONDS - t0 ))s"
   use_dir "$name" "$dir"
+  unlock
 }
 
 # Point $CACHE/current/NAME and the binary symlinks in $CACHE/bin at DIR.

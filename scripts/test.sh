@@ -112,6 +112,26 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo --version
 
+# The Go builds the later stages need (helm for the chart scan, csi-sanity, Kubernetes,
+# etcd, CoreDNS and the CSI sidecars for e2e) start now in the background, at the lowest
+# CPU priority: on a fresh machine they take ~25 minutes, mostly hidden behind the Rust
+# stages (cluster and fault tests leave the CPU half idle). A later stage that needs one
+# waits for that build only (e2e/build.sh locks per build); a cached build costs nothing.
+# Order: what is needed first, first.
+GO_PREBUILD_LOG="$RINGFS_CACHE/go-prebuild.log"
+mkdir -p "$RINGFS_CACHE"
+GO_BUILDS="helm csi-test"
+[ "${RINGFS_SKIP_E2E:-0}" = 1 ] || GO_BUILDS="$GO_BUILDS kubernetes etcd cri-tools coredns csi-sidecars"
+(
+    set -e
+    for b in $GO_BUILDS; do
+        bash "$ROOT/e2e/build.sh" --sidecars --only "$b"
+    done
+) >"$GO_PREBUILD_LOG" 2>&1 &
+GO_PREBUILD_PID=$!
+on_cleanup 'pkill -P $GO_PREBUILD_PID 2>/dev/null; kill $GO_PREBUILD_PID 2>/dev/null'
+echo "Go builds started in the background (log: $GO_PREBUILD_LOG)"
+
 stage "cache keys (a changed version, module file or build flag must rebuild)"
 bash "$ROOT/e2e/tests/cache-keys.sh"
 
@@ -251,6 +271,13 @@ if [ "${RINGFS_SKIP_E2E:-0}" = 1 ]; then
 else
     # Compile the e2e tests before the cluster comes up, so it is not idle during builds.
     cargo test -p ringfs-e2e --locked --no-run
+    # The background Go builds must have succeeded; their log says why when not.
+    if ! wait "$GO_PREBUILD_PID"; then
+        echo "the background Go builds failed; last lines of $GO_PREBUILD_LOG:" >&2
+        tail -n 40 "$GO_PREBUILD_LOG" >&2
+        exit 1
+    fi
+    cat "$GO_PREBUILD_LOG"
     # The CSI e2e needs the CSI sidecar images and the VolumeSnapshot CRDs: built once
     # into the e2e cache (RINGFS_E2E_SIDECARS=1), reused afterwards.
     RINGFS_E2E_SIDECARS=1 RINGFS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$ROOT/e2e/run.sh" --ringfs-image -- \
