@@ -72,9 +72,13 @@ impl Session {
     }
 
     fn ttl_ms(&self) -> u64 {
+        // Within what the cluster accepts (`SESSION_TTL_MS`).
         u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
-            .max(1000)
+            .clamp(
+                *ringfs_core::fs::SESSION_TTL_MS.start(),
+                *ringfs_core::fs::SESSION_TTL_MS.end(),
+            )
     }
 
     /// Registers the session if it is not (a fresh id when the old one ended) and returns

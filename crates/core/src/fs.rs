@@ -270,6 +270,10 @@ pub const MAX_BLOCKS_PER_SLICE: usize = 32;
 /// Longest `info` of a [`FsOp::SessionOpen`].
 pub const MAX_SESSION_INFO: usize = 4096;
 
+/// Range of a session lease (`ttl_ms` of `SessionOpen` / `SessionRenew`): at least a
+/// second, at most a day.
+pub const SESSION_TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+
 /// Longest extended-attribute name (Linux's XATTR_NAME_MAX).
 pub const MAX_XATTR_NAME: usize = 255;
 /// Largest extended-attribute value (Linux's XATTR_SIZE_MAX).
@@ -303,6 +307,15 @@ impl FsOp {
                 return Err(format!(
                     "session info is at most {MAX_SESSION_INFO} bytes, got {}",
                     info.len()
+                ))
+            }
+            FsOp::SessionOpen { ttl_ms, .. } | FsOp::SessionRenew { ttl_ms, .. }
+                if !SESSION_TTL_MS.contains(ttl_ms) =>
+            {
+                return Err(format!(
+                    "a session lease must be between {} and {} ms, got {ttl_ms}",
+                    SESSION_TTL_MS.start(),
+                    SESSION_TTL_MS.end()
                 ))
             }
             _ => Box::new(std::iter::empty()),
@@ -452,3 +465,69 @@ impl FsError {
 }
 
 pub type FsResult = Result<FsReply, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BlockId;
+
+    fn refs(n: usize) -> Vec<BlockRef> {
+        (0..n)
+            .map(|i| BlockRef {
+                id: BlockId::from_u128(i as u128),
+                len: 1,
+                crc: 0,
+            })
+            .collect()
+    }
+
+    /// What could make a command unreplicable or a state record unbounded is refused;
+    /// everything a real client sends passes.
+    #[test]
+    fn bounds_refuse_oversized_ops_and_pass_real_ones() {
+        let slice = |n: usize| ChunkSlice {
+            chunk: 0,
+            slice: Slice {
+                pos: 0,
+                len: 1,
+                skip: 0,
+                blocks: refs(n),
+            },
+        };
+        let write = |n| FsOp::Write {
+            ino: 2,
+            slices: vec![slice(n)],
+            min_size: 0,
+        };
+        assert!(write(MAX_BLOCKS_PER_SLICE).check_bounds().is_ok());
+        assert!(write(MAX_BLOCKS_PER_SLICE + 1).check_bounds().is_err());
+        let compact = |n| FsOp::CompactChunk {
+            ino: 2,
+            chunk: 0,
+            expect: vec![],
+            slices: vec![slice(n).slice],
+        };
+        assert!(compact(17).check_bounds().is_ok());
+        assert!(compact(MAX_BLOCKS_PER_SLICE + 1).check_bounds().is_err());
+        let append = |n| FsOp::Append {
+            ino: 2,
+            blocks: refs(n),
+            len: 1,
+        };
+        assert!(append(5).check_bounds().is_ok());
+        assert!(append(MAX_BLOCKS_PER_SLICE + 1).check_bounds().is_err());
+        let open = |info: usize, ttl_ms| FsOp::SessionOpen {
+            session: 1,
+            ttl_ms,
+            info: "x".repeat(info),
+        };
+        assert!(open(100, 120_000).check_bounds().is_ok());
+        assert!(open(MAX_SESSION_INFO + 1, 120_000).check_bounds().is_err());
+        assert!(open(10, 0).check_bounds().is_err());
+        assert!(open(10, u64::MAX).check_bounds().is_err());
+        let renew = |ttl_ms| FsOp::SessionRenew { session: 1, ttl_ms };
+        assert!(renew(300_000).check_bounds().is_ok());
+        assert!(renew(999).check_bounds().is_err());
+        assert!(FsOp::StatFs.check_bounds().is_ok());
+    }
+}

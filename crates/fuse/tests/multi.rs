@@ -120,14 +120,6 @@ fn page_cache_kept_only_for_unchanged_files() {
     b.unmount().unwrap();
 }
 
-/// One record: writer id, sequence number, padding, newline — 64 bytes.
-fn record(writer: u8, seq: u32) -> Vec<u8> {
-    let mut r = format!("w{writer} {seq:08} ").into_bytes();
-    r.resize(63, b'a' + writer);
-    r.push(b'\n');
-    r
-}
-
 #[test]
 fn concurrent_appends_from_two_mounts_lose_nothing() {
     if !require_fuse() {

@@ -169,14 +169,6 @@ fn a_reader_keeps_reading_a_file_renamed_over() {
     m.unmount().unwrap();
 }
 
-/// One record: writer id, sequence number, padding, newline — 64 bytes.
-fn record(writer: u8, seq: u32) -> Vec<u8> {
-    let mut r = format!("w{writer} {seq:08} ").into_bytes();
-    r.resize(63, b'a' + writer);
-    r.push(b'\n');
-    r
-}
-
 /// Two mounts append numbered records with O_APPEND and fsync while the leader is killed
 /// again and again: every acknowledged record (write and fsync returned success) is in
 /// the file exactly once, no record is torn, and none appears twice.

@@ -357,3 +357,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// One record: writer id, sequence number, padding, newline — 64 bytes.
+pub fn record(writer: u8, seq: u32) -> Vec<u8> {
+    let mut r = format!("w{writer} {seq:08} ").into_bytes();
+    r.resize(63, b'a' + writer);
+    r.push(b'\n');
+    r
+}
