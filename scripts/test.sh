@@ -122,14 +122,14 @@ GO_PREBUILD_LOG="$RINGFS_CACHE/go-prebuild.log"
 mkdir -p "$RINGFS_CACHE"
 GO_BUILDS="helm csi-test"
 [ "${RINGFS_SKIP_E2E:-0}" = 1 ] || GO_BUILDS="$GO_BUILDS kubernetes etcd cri-tools coredns csi-sidecars"
-(
-    set -e
-    for b in $GO_BUILDS; do
-        bash "$ROOT/e2e/build.sh" --sidecars --only "$b"
-    done
-) >"$GO_PREBUILD_LOG" 2>&1 &
+# In a process group of its own (setsid), so it can be paused as a whole while the
+# stages that time real node processes run (a Kubernetes build's disk writes slowed
+# their fsyncs enough to time out a node's start on a fresh machine), and stopped at exit.
+setsid bash -c 'set -e; for b in '"$GO_BUILDS"'; do bash "$0/e2e/build.sh" --sidecars --only "$b"; done' \
+    "$ROOT" >"$GO_PREBUILD_LOG" 2>&1 &
 GO_PREBUILD_PID=$!
-on_cleanup 'pkill -P $GO_PREBUILD_PID 2>/dev/null; kill $GO_PREBUILD_PID 2>/dev/null'
+go_builds() { kill "-$1" -- "-$GO_PREBUILD_PID" 2>/dev/null || true; } # STOP | CONT | TERM
+on_cleanup 'go_builds CONT; go_builds TERM'
 echo "Go builds started in the background (log: $GO_PREBUILD_LOG)"
 
 stage "cache keys (a changed version, module file or build flag must rebuild)"
@@ -144,6 +144,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "build"
 cargo build --workspace --all-targets --locked
 
+go_builds STOP
 stage "unit, property and component tests"
 # Everything except the multi-process cluster tests, which run alone below.
 cargo test --workspace --locked --exclude ringfs-node
@@ -187,6 +188,7 @@ done
 stage "mutual TLS tests (certified clients admitted; no cert, foreign CA, expired cert and plaintext refused; roles; rotation)"
 cargo test -p ringfs-node --locked --test tls -- --nocapture
 
+go_builds CONT
 stage "chart lint and manifest security scan (helm lint; checkov on the rendered chart)"
 bash "$ROOT/scripts/chart-scan.sh"
 

@@ -26,16 +26,41 @@ pub const ADDR_FILE: &str = "ADDR";
 /// How long a stopping node waits for in-flight requests before it exits anyway.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
+/// How long a node retries binding a port that is in use at start.
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+/// Binds `addr`, retrying for [`BIND_RETRY`] while it is in use: a node restarted on its
+/// previous port can find it briefly taken as the source port of some outgoing
+/// connection (clients retrying against the dead node use ephemeral ports from the same
+/// range); such a connection is gone within moments. Another listener that keeps it
+/// still fails the start, with the error.
+async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_RETRY;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%addr, "address in use; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+    let listener = bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (is another node using it?)",
             config.listen
         )
     })?;
-    let http_listener = TcpListener::bind(config.http_listen)
+    let http_listener = bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} for HTTP", config.http_listen))?;
     let grpc_addr = listener.local_addr()?;

@@ -83,7 +83,7 @@ impl TestCluster {
             });
             c.spawn(i, "127.0.0.1:0", "127.0.0.1:0");
             let dd = c.node(i).data_dir.clone();
-            let (addr, http) = wait_for("node address file", Duration::from_secs(30), || async {
+            let (addr, http) = wait_for("node address file", Duration::from_secs(120), || async {
                 read_addr_file(&dd)
             })
             .await;
@@ -109,7 +109,7 @@ impl TestCluster {
             child: None,
         });
         self.spawn(id, "127.0.0.1:0", "127.0.0.1:0");
-        let (addr, http) = wait_for("node address file", Duration::from_secs(30), || async {
+        let (addr, http) = wait_for("node address file", Duration::from_secs(120), || async {
             read_addr_file(&data_dir)
         })
         .await;

@@ -73,7 +73,7 @@ impl TlsCluster {
                 child: None,
             });
             c.spawn(i);
-            let addr = wait_for("node address file", Duration::from_secs(30), || async {
+            let addr = wait_for("node address file", Duration::from_secs(120), || async {
                 read_addr(&data_dir)
             })
             .await;
