@@ -7,20 +7,24 @@
 //! - `apply` never panics and never returns an error: errors mean storage failures,
 //!   which are fatal for a node; anything a client can cause must be a `Response`;
 //! - a refused command (`Refused`, or an `Fs` error) leaves the state untouched
-//!   (fsm.rs: "a refused command leaves the state untouched").
+//!   (fsm.rs: "a refused command leaves the state untouched");
+//! - exactly once: a batch of session requests (`FsCalls`, what the leader's batcher
+//!   proposes) delivered again — a client's retry after a lost reply — is answered with
+//!   the first delivery's results and changes nothing, as long as no request of the batch
+//!   acknowledges (forgets) the reply of another.
 //!
 //! Membership commands (AddNode, SetNodeState, RemoveNode, SyncReport) are skipped: only
 //! the node's own admin paths issue them, after validating their arguments.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringfs_core::fs::{ChunkSlice, FsOp, SetAttr, XattrMode};
+use ringfs_core::fs::{ChunkSlice, FsOp, RequestId, SetAttr, XattrMode};
 use ringfs_core::layout::NodeSpec;
 use ringfs_core::slice::{BlockRef, Slice};
 use ringfs_core::BlockId;
 use ringfs_fuzz::{enc, write_seeds, MemStore};
 use ringfs_node::fsm;
-use ringfs_node::types::{CloneSource, Command, Response};
+use ringfs_node::types::{CloneSource, Command, FsCall, Response};
 
 const VOL: u64 = 1;
 const MAX_COMMANDS: usize = 64;
@@ -251,6 +255,69 @@ fn seeds() -> Vec<Vec<u8>> {
                 ids: vec![BlockId::from_u128(7)],
             },
         ],
+        {
+            let call = |seq, acked_below, op| FsCall {
+                volume: VOL,
+                op,
+                now_ns: 3,
+                request: Some(RequestId {
+                    session: 9,
+                    seq,
+                    acked_below,
+                }),
+            };
+            let batch = Command::FsCalls(vec![
+                call(
+                    1,
+                    1,
+                    FsOp::Create {
+                        parent: 1,
+                        name: b"once".to_vec(),
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        exclusive: true,
+                    },
+                ),
+                call(
+                    2,
+                    1,
+                    FsOp::Append {
+                        ino: 2,
+                        blocks: vec![block(5, 10)],
+                        len: 10,
+                    },
+                ),
+                call(
+                    3,
+                    1,
+                    FsOp::Unlink {
+                        parent: 1,
+                        name: b"gone".to_vec(),
+                    },
+                ),
+            ]);
+            vec![
+                fs(FsOp::SessionOpen {
+                    session: 9,
+                    ttl_ms: 60_000,
+                    info: "fuzz".into(),
+                }),
+                batch.clone(),
+                batch,
+                Command::FsCalls(vec![call(
+                    4,
+                    4,
+                    FsOp::Rename {
+                        parent: 1,
+                        name: b"once".to_vec(),
+                        new_parent: 1,
+                        new_name: b"twice".to_vec(),
+                        no_replace: true,
+                    },
+                )]),
+            ]
+        },
         vec![
             file(b"a"),
             write(2, 0, 10),
@@ -300,6 +367,23 @@ fn refused(resp: &Response) -> bool {
     matches!(resp, Response::Refused { .. } | Response::Fs(Err(_)))
 }
 
+/// Whether delivering `calls` again must be answered from the stored replies: every call
+/// carries a request id (session ops carry none: they are idempotent by nature, not
+/// deduplicated), no two share one, and none acknowledges a request of the batch (which
+/// would forget that reply, so a second delivery is refused as late instead).
+fn replayable(calls: &[FsCall]) -> bool {
+    let ids: Vec<RequestId> = calls.iter().filter_map(|c| c.request).collect();
+    ids.len() == calls.len()
+        && calls.iter().all(|c| !c.op.is_session_op())
+        && ids.iter().enumerate().all(|(i, a)| {
+            ids.iter().enumerate().all(|(j, b)| {
+                i == j
+                    || a.session != b.session
+                    || (a.seq != b.seq && a.acked_below <= b.seq && b.acked_below <= a.seq)
+            })
+        })
+}
+
 fuzz_target!(
     init: {
         write_seeds("fs_apply", seeds);
@@ -318,13 +402,30 @@ fuzz_target!(
             }
             let before = store.snapshot();
             let shown = format!("{cmd:?}");
-            match fsm::apply(&store, cmd) {
-                Ok(resp) => {
-                    if refused(&resp) && store.snapshot() != before {
-                        panic!("refused command changed the state: {shown} -> {resp:?}");
-                    }
-                }
+            let again = match &cmd {
+                Command::FsCalls(calls) if replayable(calls) => Some(cmd.clone()),
+                _ => None,
+            };
+            let resp = match fsm::apply(&store, cmd) {
+                Ok(resp) => resp,
                 Err(e) => panic!("apply returned a storage error for {shown}: {e}"),
+            };
+            if refused(&resp) && store.snapshot() != before {
+                panic!("refused command changed the state: {shown} -> {resp:?}");
+            }
+            if let Some(again) = again {
+                let after = store.snapshot();
+                match fsm::apply(&store, again) {
+                    Ok(second) => assert_eq!(
+                        second, resp,
+                        "a second delivery of {shown} was not answered like the first"
+                    ),
+                    Err(e) => panic!("apply returned a storage error for {shown}: {e}"),
+                }
+                assert!(
+                    store.snapshot() == after,
+                    "a second delivery of {shown} changed the state"
+                );
             }
         }
     }

@@ -26,6 +26,12 @@ pub const ADDR_FILE: &str = "ADDR";
 /// How long a stopping node waits for in-flight requests before it exits anyway.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
+/// Calls in progress on one connection. A node forwards every client's metadata calls to
+/// the leader over one connection, and a mount multiplexes all its reads on one: the
+/// bound is far above what one of them needs (the metadata benchmark's 256 clients),
+/// yet caps what one misbehaving client can hold.
+pub const MAX_CALLS_PER_CONNECTION: usize = 1024;
+
 /// How long a node retries binding a port that is in use at start.
 const BIND_RETRY: Duration = Duration::from_secs(10);
 
@@ -137,6 +143,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            // One client connection cannot take the node's whole capacity: beyond this
+            // many calls in progress, its further calls wait (HTTP/2 flow control pushes
+            // back to the client) instead of piling up tasks and buffers here.
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION as u32 * 2))
+            // Peers that vanished without closing (a node powered off, a partition) are
+            // noticed and their connections and calls released.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .layer(crate::auth::AuthLayer::new(policy))
             .add_service(RaftServer::server(raft.clone()))
             .add_service(MetaServer::server(node.clone()))

@@ -13,6 +13,11 @@
 //! [`MAX_BATCH_BYTES`]). Commands in
 //! a batch are applied in order, each exactly as if it were its own entry; a caller that
 //! waits for its answer before sending the next command keeps its order.
+//!
+//! The queue is bounded: at most [`MAX_QUEUED`] commands and [`MAX_QUEUED_BYTES`] of
+//! them wait or are being committed at once. Beyond that a caller waits for room (its
+//! client's deadline still applies), so a leader that cannot commit (no quorum) holds a
+//! bounded amount of memory however many clients keep sending.
 
 use crate::error::{NodeError, Result};
 use crate::types::{Command, FsCall, Raft, Response};
@@ -33,12 +38,21 @@ pub const MAX_BATCH: usize = 512;
 /// entries per message when many do not (see `network`).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// Commands queued or being committed at once.
+pub const MAX_QUEUED: usize = 8192;
+
+/// Encoded bytes of the commands queued or being committed at once (a command larger
+/// than this waits until it is alone).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 /// A command, its encoded size, and where its result goes.
 type Waiter = (FsCall, usize, oneshot::Sender<Result<FsResult>>);
 
 /// The handle callers submit through; the batching task ends when it is dropped.
 pub struct FsBatcher {
-    tx: mpsc::UnboundedSender<Waiter>,
+    tx: mpsc::Sender<Waiter>,
+    /// Bytes of [`MAX_QUEUED_BYTES`] not taken by queued or committing commands.
+    room: Arc<Semaphore>,
     pub stats: BatchStats,
 }
 
@@ -55,25 +69,35 @@ pub struct BatchStats {
 impl FsBatcher {
     /// Starts the batching task for `raft` (on the current Tokio runtime).
     pub fn start(raft: Raft) -> FsBatcher {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
         let stats = BatchStats::default();
         tokio::spawn(run(raft, rx, stats.clone()));
-        FsBatcher { tx, stats }
+        FsBatcher {
+            tx,
+            room: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+            stats,
+        }
     }
 
     /// Commits `cmd`, whose encoded op is `size` bytes (alone or with others), and
     /// returns its result.
     pub async fn write(&self, cmd: FsCall, size: usize) -> Result<FsResult> {
+        let gone = || NodeError::Unavailable("the node is shutting down".into());
+        // Held until the answer arrives: a command counts until it is committed.
+        let bytes = size.clamp(1, MAX_QUEUED_BYTES) as u32;
+        let _room = self
+            .room
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| gone())?;
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send((cmd, size, done))
-            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
-        wait.await
-            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
+        self.tx.send((cmd, size, done)).await.map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())?
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: BatchStats) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Waiter>, stats: BatchStats) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     // A command that did not fit in the previous entry opens the next one.
     let mut carry: Option<Waiter> = None;

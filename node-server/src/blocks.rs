@@ -65,7 +65,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{field, info, instrument, warn, Span};
 
@@ -77,6 +77,24 @@ pub const SEGMENT_BYTES: u32 = 64 << 10;
 pub const DEFAULT_LIST_LIMIT: u32 = 1000;
 /// Largest `list` page, whatever the caller asks for.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
+
+/// Longest a put stream may send nothing before the call is ended.
+pub const PUT_READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The next message of a put stream, within `deadline`: a sender that stops mid-stream
+/// (it hung, or its network did) must not hold the call and the chunks it buffered
+/// forever.
+async fn next_message<T>(
+    stream: &mut Streaming<T>,
+    deadline: Duration,
+) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(deadline, stream.message()).await {
+        Ok(m) => m,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the put stream sent nothing for {deadline:?}; resend the block"
+        ))),
+    }
+}
 
 const MAGIC: [u8; 4] = *b"RFB1";
 const FORMAT_VERSION: u32 = 1;
@@ -1086,6 +1104,8 @@ pub trait BlockHooks: Send + Sync + 'static {
 pub struct BlockServiceImpl {
     store: Arc<BlockStore>,
     hooks: Option<Arc<dyn BlockHooks>>,
+    /// [`PUT_READ_DEADLINE`] (shorter in tests).
+    put_deadline: Duration,
 }
 
 impl std::fmt::Debug for BlockServiceImpl {
@@ -1099,7 +1119,11 @@ impl std::fmt::Debug for BlockServiceImpl {
 
 impl BlockServiceImpl {
     pub fn new(store: Arc<BlockStore>) -> Self {
-        BlockServiceImpl { store, hooks: None }
+        BlockServiceImpl {
+            store,
+            hooks: None,
+            put_deadline: PUT_READ_DEADLINE,
+        }
     }
 }
 
@@ -1119,6 +1143,7 @@ pub fn server_with_hooks(
     BlockServiceServer::new(BlockServiceImpl {
         store,
         hooks: Some(hooks),
+        put_deadline: PUT_READ_DEADLINE,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -1177,7 +1202,7 @@ impl BlockService for BlockServiceImpl {
     ) -> Result<Response<PutBlockReply>, Status> {
         use put_block_request::Part;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream, self.put_deadline).await? {
             Some(PutBlockRequest {
                 part: Some(Part::Header(h)),
             }) => h,
@@ -1199,7 +1224,7 @@ impl BlockService for BlockServiceImpl {
         }
         let mut chunks = Vec::new();
         let mut total = 0u64;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_message(&mut stream, self.put_deadline).await? {
             match msg.part {
                 Some(Part::Data(data)) => {
                     total += data.len() as u64;
@@ -1755,6 +1780,53 @@ mod tests {
             .into_iter()
             .map(|p| PutBlockRequest { part: Some(p) })
             .collect()
+    }
+
+    /// A put stream that stops sending is ended after the read deadline (it holds a
+    /// call and buffered chunks), with an error that says so.
+    #[tokio::test]
+    async fn a_stalled_put_stream_is_ended() {
+        use put_block_request::Part;
+        let dir = TempDir::new().unwrap();
+        let store = BlockStore::open(dir.path()).await.unwrap();
+        let svc = BlockServiceImpl {
+            put_deadline: Duration::from_millis(300),
+            ..BlockServiceImpl::new(store)
+        };
+        let addr = serve(BlockServiceServer::new(svc)).await;
+        let mut client = BlockServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let data = content(1000, 3);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(PutBlockRequest {
+            part: Some(Part::Header(BlockHeader {
+                id: Bytes::copy_from_slice(&BlockId::from_u128(3).0),
+                len: 1000,
+                crc32c: checksum(&data),
+                layout_version: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        tx.send(PutBlockRequest {
+            part: Some(Part::Data(data.slice(..100))),
+        })
+        .await
+        .unwrap();
+        // `tx` stays open and silent: the stream neither ends nor sends.
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.put(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("the node ended the stalled stream");
+        let err = res.expect_err("a stalled put succeeded");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+        assert!(err.message().contains("sent nothing"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(tx);
     }
 
     #[tokio::test]

@@ -136,6 +136,11 @@ pub struct Config {
     /// been lost on the way; its retry gets the real answer. Never set in production.
     #[arg(long, hide = true, env = "RINGFS_FAILPOINT_LOSE_REPLIES")]
     pub failpoint_lose_replies: bool,
+    /// TEST ONLY (fault injection): the process exits, without answering, right after the
+    /// Nth file-system command carrying a request id that it handled has committed (a
+    /// node killed between commit and reply). Never set in production.
+    #[arg(long, hide = true, env = "RINGFS_FAILPOINT_EXIT_AFTER_COMMITS")]
+    pub failpoint_exit_after_commits: Option<u64>,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -10,7 +10,8 @@ use crate::sm::{Reader, Tbl, Writer};
 use crate::types::{CloneSource, Command, NodeRecord, RefusalCode, Response, VolumeInfo};
 use ringfs_core::fs::{
     Attr, ChunkSlice, DirEntry, FileKind, FsError, FsOp, FsReply, FsResult, SetAttr, StatFs,
-    XattrMode, MAX_READDIR, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    XattrMode, MAX_READDIR, MAX_XATTRS_PER_INODE, MAX_XATTR_BYTES_PER_INODE, MAX_XATTR_LIST,
+    MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use ringfs_core::layout::{Layout, NodeSpec};
 use ringfs_core::names::{split_path, validate_file_name, validate_volume_name, MAX_NAME_LEN};
@@ -1003,17 +1004,22 @@ fn drop_inode(w: &impl Writer, vol: &mut VolumeRec, rec: InodeRec) -> Result<()>
     let id = vol.info.id;
     drop_chunks(w, id, rec.attr.ino, 0)?;
     let xprefix = k_inode(id, rec.attr.ino);
-    for (k, _) in w.scan(
+    let mut xattr_bytes = 0u64;
+    for (k, v) in w.scan(
         Tbl::Xattrs,
         Bound::Included(&xprefix),
         &prefix_end(&xprefix),
         usize::MAX,
     )? {
+        xattr_bytes += (k.len().saturating_sub(xprefix.len()) + v.len()) as u64;
         w.del(Tbl::Xattrs, &k)?;
     }
     w.del(Tbl::Inodes, &k_inode(id, rec.attr.ino))?;
     w.del(Tbl::Sys, &k_orphan(id, rec.attr.ino))?;
-    vol.info.used_bytes = vol.info.used_bytes.saturating_sub(rec.attr.size);
+    vol.info.used_bytes = vol
+        .info
+        .used_bytes
+        .saturating_sub(rec.attr.size.saturating_add(xattr_bytes));
     vol.info.used_inodes = vol.info.used_inodes.saturating_sub(1);
     Ok(())
 }
@@ -1112,6 +1118,43 @@ fn sub_blocks(blocks: &[BlockRef], from: u64, len: u64) -> (u32, Vec<BlockRef>) 
         start = end;
     }
     (skip, out)
+}
+
+/// What one inode's extended attributes take (see [`MAX_XATTRS_PER_INODE`] and its
+/// neighbours), and the value length of attribute `name` when it exists.
+struct XattrUsage {
+    count: usize,
+    /// `listxattr` bytes: every name with its NUL.
+    list_bytes: usize,
+    /// Names and values: what the quota is charged.
+    bytes: u64,
+    old_value: Option<usize>,
+}
+
+/// Bounded by the per-inode limits: at most [`MAX_XATTRS_PER_INODE`] rows are read.
+fn xattr_usage(r: &impl Reader, vol: VolumeId, ino: Ino, name: &[u8]) -> Result<XattrUsage> {
+    let prefix = k_inode(vol, ino);
+    let mut u = XattrUsage {
+        count: 0,
+        list_bytes: 0,
+        bytes: 0,
+        old_value: None,
+    };
+    for (k, v) in r.scan(
+        Tbl::Xattrs,
+        Bound::Included(&prefix),
+        &prefix_end(&prefix),
+        MAX_XATTRS_PER_INODE + 1,
+    )? {
+        let n = &k[prefix.len().min(k.len())..];
+        u.count += 1;
+        u.list_bytes += n.len() + 1;
+        u.bytes += (n.len() + v.len()) as u64;
+        if n == name {
+            u.old_value = Some(v.len());
+        }
+    }
+    Ok(u)
 }
 
 fn check_xattr_name(name: &[u8]) -> FsRes<()> {
@@ -1318,13 +1361,41 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             }
             let mut rec = tryfs!(need_inode(w, id, ino));
             let key = k_dentry(id, ino, &name);
-            let exists = w.get(Tbl::Xattrs, &key)?.is_some();
+            let usage = xattr_usage(w, id, ino, &name)?;
             match mode {
-                XattrMode::Create if exists => return Ok(Err(FsError::Exists)),
-                XattrMode::Replace if !exists => return Ok(Err(FsError::NoXattr)),
+                XattrMode::Create if usage.old_value.is_some() => return Ok(Err(FsError::Exists)),
+                XattrMode::Replace if usage.old_value.is_none() => {
+                    return Ok(Err(FsError::NoXattr))
+                }
                 _ => {}
             }
+            let charge = (name.len() + value.len()) as u64;
+            let old_charge = usage.old_value.map_or(0, |v| (name.len() + v) as u64);
+            if usage.old_value.is_none() {
+                if usage.count >= MAX_XATTRS_PER_INODE {
+                    return Ok(Err(FsError::XattrSpace(format!(
+                        "an inode holds at most {MAX_XATTRS_PER_INODE} extended attributes; \
+                         remove one first"
+                    ))));
+                }
+                if usage.list_bytes + name.len() + 1 > MAX_XATTR_LIST {
+                    return Ok(Err(FsError::XattrSpace(format!(
+                        "the names of one inode's extended attributes take at most \
+                         {MAX_XATTR_LIST} bytes (with a NUL each); remove one first"
+                    ))));
+                }
+            }
+            let total = usage.bytes - old_charge + charge;
+            if total > MAX_XATTR_BYTES_PER_INODE as u64 {
+                return Ok(Err(FsError::XattrSpace(format!(
+                    "the names and values of one inode's extended attributes take at most \
+                     {MAX_XATTR_BYTES_PER_INODE} bytes, this one would take {total}"
+                ))));
+            }
+            // Attribute bytes are volume data: charged to the quota like file bytes.
+            ensure!(check_quota(vol, charge.saturating_sub(old_charge)));
             w.put(Tbl::Xattrs, &key, &value)?;
+            vol.info.used_bytes = (vol.info.used_bytes + charge).saturating_sub(old_charge);
             rec.attr.ctime_ns = now;
             put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
             Ok(Ok(FsReply::Done))
@@ -1333,10 +1404,14 @@ fn fs_write(w: &impl Writer, vol: &mut VolumeRec, op: FsOp, now: i64) -> Result<
             ensure!(check_xattr_name(&name));
             let mut rec = tryfs!(need_inode(w, id, ino));
             let key = k_dentry(id, ino, &name);
-            if w.get(Tbl::Xattrs, &key)?.is_none() {
+            let Some(old) = w.get(Tbl::Xattrs, &key)? else {
                 return Ok(Err(FsError::NoXattr));
-            }
+            };
             w.del(Tbl::Xattrs, &key)?;
+            vol.info.used_bytes = vol
+                .info
+                .used_bytes
+                .saturating_sub((name.len() + old.len()) as u64);
             rec.attr.ctime_ns = now;
             put(w, Tbl::Inodes, &k_inode(id, ino), &rec)?;
             Ok(Ok(FsReply::Done))
@@ -1762,4 +1837,123 @@ fn compact_chunk(
     }
     decref_slices(w, &current)?;
     Ok(Ok(FsReply::Compacted { applied: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{block, Sm};
+    use ringfs_core::fs::{
+        FsError, FsOp, FsReply, XattrMode, MAX_XATTRS_PER_INODE, MAX_XATTR_BYTES_PER_INODE,
+        MAX_XATTR_LIST, MAX_XATTR_VALUE,
+    };
+    use ringfs_core::{Ino, VolumeId};
+
+    fn set(sm: &Sm, v: VolumeId, ino: Ino, name: &[u8], len: usize) -> Result<(), FsError> {
+        sm.fs(
+            v,
+            FsOp::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: vec![7; len],
+                mode: XattrMode::Any,
+            },
+        )
+        .map(|_| ())
+    }
+
+    fn used(sm: &Sm, v: VolumeId) -> u64 {
+        match sm.read(v, FsOp::StatFs) {
+            Ok(FsReply::StatFs(s)) => s.used_bytes,
+            other => panic!("statfs: {other:?}"),
+        }
+    }
+
+    /// Extended attributes are charged to the quota (names and values), credited back
+    /// when replaced by something smaller, removed, or dropped with their inode; a set
+    /// that does not fit the quota is refused with EDQUOT and changes nothing.
+    #[test]
+    fn xattrs_are_charged_to_the_quota() {
+        let sm = Sm::new();
+        let v = sm.volume("v", 10_000);
+        let ino = sm.file(v, "f", block(1, 1000));
+        assert_eq!(used(&sm, v), 1000);
+        set(&sm, v, ino, b"user.a", 994).expect("set");
+        assert_eq!(used(&sm, v), 2000, "name (6) + value (994)");
+        set(&sm, v, ino, b"user.a", 94).expect("replace smaller");
+        assert_eq!(used(&sm, v), 1100);
+        let over = set(&sm, v, ino, b"user.b", 9000);
+        assert!(
+            matches!(over, Err(FsError::QuotaExceeded { .. })),
+            "{over:?}"
+        );
+        assert_eq!(over.unwrap_err().errno(), 122, "EDQUOT");
+        assert_eq!(used(&sm, v), 1100, "a refused set changes nothing");
+        let r = sm.fs(
+            v,
+            FsOp::RemoveXattr {
+                ino,
+                name: b"user.a".to_vec(),
+            },
+        );
+        assert_eq!(r, Ok(FsReply::Done));
+        assert_eq!(used(&sm, v), 1000);
+        set(&sm, v, ino, b"user.c", 500).expect("set");
+        let r = sm.fs(
+            v,
+            FsOp::Unlink {
+                parent: ringfs_core::ids::ROOT_INO,
+                name: b"f".to_vec(),
+            },
+        );
+        assert_eq!(r, Ok(FsReply::Done));
+        assert_eq!(
+            used(&sm, v),
+            0,
+            "the inode's data and attributes are credited"
+        );
+    }
+
+    /// Per-inode bounds: attribute count, the name list (what listxattr returns) and all
+    /// names and values together; each refused with ENOSPC, and nothing changes.
+    #[test]
+    fn xattr_bounds_per_inode() {
+        let sm = Sm::new();
+        let v = sm.volume("v", 1 << 40);
+        let ino = sm.file(v, "f", block(1, 10));
+        for i in 0..MAX_XATTRS_PER_INODE {
+            set(&sm, v, ino, format!("user.{i}").as_bytes(), 0).expect("set");
+        }
+        let before = used(&sm, v);
+        let r = set(&sm, v, ino, b"user.one-more", 0);
+        assert!(matches!(r, Err(FsError::XattrSpace(_))), "{r:?}");
+        assert_eq!(r.unwrap_err().errno(), 28, "ENOSPC");
+        assert_eq!(used(&sm, v), before);
+        // Replacing an existing attribute is not a new one.
+        set(&sm, v, ino, b"user.0", 10).expect("replace at the count bound");
+
+        let ino = sm.file(v, "g", block(2, 10));
+        let long = |i: usize| {
+            let mut n = format!("user.{i:04}-").into_bytes();
+            n.resize(255, b'x');
+            n
+        };
+        let fit = MAX_XATTR_LIST / 256;
+        for i in 0..fit {
+            set(&sm, v, ino, &long(i), 0).expect("set");
+        }
+        let r = set(&sm, v, ino, &long(fit), 0);
+        assert!(matches!(r, Err(FsError::XattrSpace(_))), "name list: {r:?}");
+
+        let ino = sm.file(v, "h", block(3, 10));
+        let per = MAX_XATTR_VALUE;
+        let n = MAX_XATTR_BYTES_PER_INODE / (per + 8);
+        for i in 0..n {
+            set(&sm, v, ino, format!("user.{i:03}").as_bytes(), per).expect("set");
+        }
+        let r = set(&sm, v, ino, b"user.big", per);
+        assert!(
+            matches!(r, Err(FsError::XattrSpace(_))),
+            "total bytes: {r:?}"
+        );
+    }
 }

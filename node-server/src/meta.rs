@@ -377,6 +377,7 @@ impl MetaService for MetaServer {
                 )
                 .await?;
             if let Some(id) = request {
+                self.node.failpoints.committed();
                 if self.node.failpoints.lose_reply(id) {
                     return Err(Status::unavailable(
                         "failpoint: the reply of this committed command was dropped",

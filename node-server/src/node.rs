@@ -83,6 +83,8 @@ pub struct Failpoints {
     lose_replies: bool,
     /// Requests whose reply was already dropped once (their retry is answered).
     lost: std::sync::Mutex<std::collections::HashSet<ringfs_core::fs::RequestId>>,
+    /// Committed requests left before the process exits unanswered (none: never).
+    exit_after: Option<std::sync::atomic::AtomicU64>,
 }
 
 impl Failpoints {
@@ -90,9 +92,30 @@ impl Failpoints {
         if config.failpoint_lose_replies {
             tracing::warn!("TEST FAILPOINT: replies of committed commands are dropped once");
         }
+        if let Some(n) = config.failpoint_exit_after_commits {
+            tracing::warn!(
+                n,
+                "TEST FAILPOINT: the process exits after {n} committed commands"
+            );
+        }
         Failpoints {
             lose_replies: config.failpoint_lose_replies,
             lost: Default::default(),
+            exit_after: config
+                .failpoint_exit_after_commits
+                .map(std::sync::atomic::AtomicU64::new),
+        }
+    }
+
+    /// Called once a request's command committed, before its reply is sent: ends the
+    /// process at the configured count, as a kill between commit and reply would.
+    pub fn committed(&self) {
+        let Some(left) = &self.exit_after else {
+            return;
+        };
+        if left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 1 {
+            eprintln!("failpoint: exiting after a commit, before its reply");
+            std::process::exit(86);
         }
     }
 

@@ -216,6 +216,10 @@ fn copy_namespace(w: &impl Writer, src: VolumeId, dst: VolumeId) -> Result<Copie
     })?;
     for_each_row(w, Tbl::Xattrs, &prefix, |k, v| {
         if !orphans.contains(&key_ino(&k)?) {
+            // Attribute names and values are charged to the quota (fsm's SetXattr): the
+            // key is volume (8 bytes), inode (8), name.
+            let charge = k.len().saturating_sub(16) + v.len();
+            copied.used_bytes = copied.used_bytes.saturating_add(charge as u64);
             w.put(Tbl::Xattrs, &rekey(&k, dst), &v)?;
         }
         Ok(true)

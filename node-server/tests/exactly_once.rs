@@ -1,5 +1,5 @@
-//! Exactly-once commands on a real cluster: replies lost after the command committed, and
-//! reads right after every node restarted.
+//! Exactly-once commands on a real cluster: replies lost after the command committed,
+//! nodes killed between commit and reply, and reads right after every node restarted.
 //!
 //! The nodes run with the test-only failpoint `--failpoint-lose-replies`: the first reply
 //! to every file-system command that carries a request id is replaced by `unavailable`
@@ -250,6 +250,129 @@ async fn every_op_kind_is_applied_once_when_its_reply_is_lost() {
         assert_eq!(get_bytes(&vol, "/d/whole").await.expect("read file"), data);
     }
     assert_eq!(vol.list("/d").await.expect("list").len(), 3);
+}
+
+/// Runs `op` while restarting every node the exit failpoint ended, until `op` finishes.
+async fn through_exits<T: Send + 'static>(
+    c: &mut TestCluster,
+    restarts: &mut usize,
+    op: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let mut task = tokio::spawn(op);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::select! {
+            r = &mut task => return r.expect("op task"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                *restarts += c.restart_exited().len();
+                assert!(std::time::Instant::now() < deadline, "op did not finish in 120 s");
+            }
+        }
+    }
+}
+
+/// The node handling a command (the leader, or the follower that forwarded it) exits
+/// after the command committed and before it answers — every fourth command, on every
+/// node, again and again. The client's retry reaches another node with the same request
+/// id and gets the first attempt's result: each append is in the file once, in order,
+/// each exclusive create answers the new file (not EEXIST), each unlink succeeds (not
+/// ENOENT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_are_applied_once_when_the_node_dies_before_answering() {
+    let mut c = TestCluster::start_with(3, &["--failpoint-exit-after-commits", "4"]).await;
+    let mut restarts = 0;
+    let v = c.volume("exits", 1 << 30, 3).await;
+    let vol = v.clone();
+    let f = through_exits(&mut c, &mut restarts, async move {
+        vol.fs(FsOp::Create {
+            parent: ROOT_INO,
+            name: b"log".to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+        })
+        .await
+    })
+    .await;
+    let f = attr(f.expect("create log"));
+    let mut want = Vec::new();
+    for i in 0..24u64 {
+        let rec = record(i);
+        want.extend_from_slice(&rec);
+        let vol = v.clone();
+        let size = through_exits(&mut c, &mut restarts, async move {
+            let b = upload(&vol, &rec).await;
+            vol.fs(FsOp::Append {
+                ino: f.ino,
+                blocks: vec![b],
+                len: rec.len() as u64,
+            })
+            .await
+        })
+        .await;
+        let size = attr(size.unwrap_or_else(|e| panic!("append {i}: {e}"))).size;
+        assert_eq!(size, want.len() as u64, "append {i} applied once");
+
+        let name = format!("f{i}");
+        let vol = v.clone();
+        let created = through_exits(&mut c, &mut restarts, async move {
+            let created = vol
+                .fs(FsOp::Create {
+                    parent: ROOT_INO,
+                    name: name.as_bytes().to_vec(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    exclusive: true,
+                })
+                .await;
+            let unlinked = vol
+                .fs(FsOp::Unlink {
+                    parent: ROOT_INO,
+                    name: name.into_bytes(),
+                })
+                .await;
+            (created, unlinked)
+        })
+        .await;
+        created
+            .0
+            .unwrap_or_else(|e| panic!("exclusive create {i}: {e}"));
+        created.1.unwrap_or_else(|e| panic!("unlink {i}: {e}"));
+    }
+    eprintln!("{restarts} node exits between commit and reply");
+    assert!(restarts >= 5, "the failpoint ended only {restarts} nodes");
+    let got = through_exits(&mut c, &mut restarts, {
+        let vol = v.clone();
+        let len = want.len() as u64;
+        async move { read_all(&vol, f.ino, len).await }
+    })
+    .await;
+    assert!(got == want, "the log is not every record once, in order");
+    let names: Vec<Vec<u8>> = vol_list(&mut c, &mut restarts, &v).await;
+    assert_eq!(names, vec![b"log".to_vec()], "only the log is left");
+}
+
+async fn vol_list(c: &mut TestCluster, restarts: &mut usize, v: &Vol) -> Vec<Vec<u8>> {
+    let vol = v.clone();
+    through_exits(c, restarts, async move {
+        vol.list("/")
+            .await
+            .expect("list /")
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    })
+    .await
+}
+
+/// One 32-byte log record.
+fn record(i: u64) -> Vec<u8> {
+    let mut r = format!("record {i:06} ").into_bytes();
+    r.resize(31, b'.');
+    r.push(b'\n');
+    r
 }
 
 fn mkdir(parent: u64, name: &str) -> FsOp {

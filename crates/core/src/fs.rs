@@ -278,6 +278,14 @@ pub const SESSION_TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 pub const MAX_XATTR_NAME: usize = 255;
 /// Largest extended-attribute value (Linux's XATTR_SIZE_MAX).
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// Extended attributes of one inode.
+pub const MAX_XATTRS_PER_INODE: usize = 1024;
+/// Bytes of one inode's attribute-name list as `listxattr` returns it (each name and its
+/// NUL): Linux's XATTR_LIST_MAX, so a listing always fits the kernel's buffer.
+pub const MAX_XATTR_LIST: usize = 64 * 1024;
+/// Bytes of names and values of one inode's extended attributes together. Every byte is
+/// also charged to the volume's quota.
+pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
 
 impl FsOp {
     /// Session management: idempotent by nature, so never deduplicated (and sent without
@@ -441,6 +449,10 @@ pub enum FsError {
     /// can no longer learn that attempt's outcome.
     #[error("client session {0:x} has ended or was never opened: open a new session")]
     SessionExpired(u64),
+    /// An inode's extended attributes would exceed a per-inode bound
+    /// ([`MAX_XATTRS_PER_INODE`], [`MAX_XATTR_LIST`], [`MAX_XATTR_BYTES_PER_INODE`]).
+    #[error("no space for extended attributes on this inode: {0}")]
+    XattrSpace(String),
 }
 
 impl FsError {
@@ -460,6 +472,7 @@ impl FsError {
             FsError::Range => 34,                          // ERANGE
             FsError::ReadOnly => 30,                       // EROFS
             FsError::SessionExpired(_) => 5,               // EIO
+            FsError::XattrSpace(_) => 28,                  // ENOSPC
         }
     }
 }

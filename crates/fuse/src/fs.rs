@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
@@ -155,6 +155,9 @@ pub struct RingFs {
     clean: Mutex<HashMap<Ino, Version>>,
     /// Set once the session exists; used to drop stale kernel caches at open.
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
+    /// Bytes buffered by all files (see [`MountOptions::write_budget`]); changed only
+    /// through [`RingFs::account`], next to every change of a file's buffer.
+    buffered: AtomicUsize,
 }
 
 fn to_time(ns: i64) -> SystemTime {
@@ -246,6 +249,7 @@ impl RingFs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            buffered: AtomicUsize::new(0),
             blocks,
             commits: Mutex::new(HashMap::new()),
             compacting: Arc::new(Mutex::new(HashSet::new())),
@@ -287,7 +291,19 @@ impl RingFs {
     /// unlinked it while it was open here: only the unlinking mount's own open handles
     /// keep an unlinked file alive) fails with ESTALE, as on NFS.
     fn flush_state(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
-        self.flush_state_inner(ino, st).map_err(stale)
+        let before = st.pending();
+        let res = self.flush_state_inner(ino, st).map_err(stale);
+        self.account(before, st.pending());
+        res
+    }
+
+    /// Moves the mount's buffered total from a file's `before` to its `after`.
+    fn account(&self, before: usize, after: usize) {
+        if after >= before {
+            self.buffered.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.buffered.fetch_sub(before - after, Ordering::Relaxed);
+        }
     }
 
     fn flush_state_inner(&self, ino: Ino, st: &mut FileState) -> Result<(), Errno> {
@@ -945,17 +961,21 @@ impl fuser::Filesystem for RingFs {
             !st.append.is_empty()
         };
         let full = st.pending() + data.len() > self.opts.flush_threshold
-            || st.dirty.count() >= MAX_DIRTY_EXTENTS;
+            || st.dirty.count() >= MAX_DIRTY_EXTENTS
+            || (st.pending() > 0
+                && self.buffered.load(Ordering::Relaxed) + data.len() > self.opts.write_budget);
         if other_kind || full {
             if let Err(e) = self.flush_state(ino, &mut st) {
                 return reply.error(e);
             }
         }
+        let before = st.pending();
         if append {
             st.append.extend_from_slice(data);
         } else {
             st.dirty.write(offset, data);
         }
+        self.account(before, st.pending());
         reply.written(data.len() as u32)
     }
 
@@ -998,8 +1018,10 @@ impl fuser::Filesystem for RingFs {
                         bytes = st.pending(),
                         "dropping buffered writes that could not be committed (reported to close)"
                     );
+                    let before = st.pending();
                     st.dirty.take();
                     st.append.clear();
+                    self.account(before, st.pending());
                 }
                 if st.open == 0 && !st.wrote && !st.orphan {
                     if let Some(v) = st.opened_at {

@@ -28,6 +28,10 @@ pub struct MountOptions {
     pub read_only: bool,
     /// A file's buffered writes are committed once this many bytes are pending.
     pub flush_threshold: usize,
+    /// Written bytes all files of the mount buffer together: past it, a write commits
+    /// its own file's buffer before adding to it, so many files written at once cannot
+    /// take unbounded memory (at most this plus one write per file being written).
+    pub write_budget: usize,
     /// Largest write request the kernel sends.
     pub max_write: u32,
     pub max_readahead: u32,
@@ -47,6 +51,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             flush_threshold: 16 << 20,
+            write_budget: 256 << 20,
             max_write: 1 << 20,
             max_readahead: 1 << 20,
             block_cache_bytes: 64 << 20,

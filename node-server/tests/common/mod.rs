@@ -224,6 +224,26 @@ impl TestCluster {
         self.node(id).child.is_some()
     }
 
+    /// Restarts every node whose process has exited on its own (a failpoint ended it);
+    /// returns their ids.
+    pub fn restart_exited(&mut self) -> Vec<u64> {
+        let exited: Vec<u64> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| {
+                let done = matches!(n.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+                done.then(|| {
+                    n.child = None;
+                    n.id
+                })
+            })
+            .collect();
+        for &id in &exited {
+            self.restart(id);
+        }
+        exited
+    }
+
     pub async fn volume(&self, name: &str, capacity: u64, rf: u32) -> Vol {
         let client = self.client();
         client
