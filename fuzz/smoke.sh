@@ -15,8 +15,13 @@
 # compiler accepts with RUSTC_BOOTSTRAP=1. No sanitizer (-s none): the code under test is
 # safe Rust, so libFuzzer's coverage guidance plus Rust's own checks (panics, overflow
 # checks, debug assertions) find what ASan would, at a fraction of the build time.
+#
+# --build-only: install cargo-fuzz and build the targets, run nothing (the test command
+# builds in the background while other stages run).
 set -euo pipefail
 
+build_only=0
+[ "${1:-}" != --build-only ] || build_only=1
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${FUZZ_SECS:-20}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ringfs/fuzz-target}
@@ -46,6 +51,7 @@ fi
 # (A long fuzzing campaign: FUZZ_OPT_LEVEL=3.)
 CARGO_PROFILE_RELEASE_OPT_LEVEL=${FUZZ_OPT_LEVEL:-1} cargo fuzz build -s none
 echo "fuzz build: $(($(date +%s) - start)) s"
+[ "$build_only" = 0 ] || exit 0
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bindir=$CARGO_TARGET_DIR/$triple/release
