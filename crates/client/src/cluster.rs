@@ -147,7 +147,25 @@ impl Cluster {
             let targets = self.targets();
             let target = targets[attempt as usize % targets.len()].clone();
             attempt += 1;
-            let ch = self.pool.get(&target)?;
+            let ch = match self.pool.get(&target) {
+                Ok(ch) => ch,
+                // Before anything was sent, a client-side failure is the answer (the
+                // request certainly was not applied).
+                Err(e) if attempt == 1 => return Err(e),
+                // After an attempt, the request may have been applied: a target that
+                // cannot be reached (a bad leader hint, TLS setup failing after a
+                // certificate rotation) is skipped, never reported as "not applied".
+                Err(e) => {
+                    last_err = format!("{target}: {e}");
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    if Instant::now() >= deadline {
+                        return Err(ClientError::Unavailable(last_err));
+                    }
+                    let backoff = Duration::from_millis((50u64 << attempt.min(5)).min(1000));
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
             match f(ch).await {
                 Ok(r) => {
                     *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);

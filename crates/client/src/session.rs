@@ -16,7 +16,7 @@
 
 use crate::cluster::Cluster;
 use crate::error::{ClientError, Result};
-use ringfs_core::fs::{FsError, FsOp, RequestId};
+use ringfs_core::fs::{FsError, FsOp, RequestId, MAX_OUTSTANDING_REQUESTS};
 use ringfs_core::VolumeId;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -35,6 +35,8 @@ pub struct Session {
     state: Mutex<State>,
     /// Serializes registration (one `SessionOpen` at a time).
     opening: tokio::sync::Mutex<()>,
+    /// Signalled when a request stops being waited for (see [`Session::begin`]).
+    room: tokio::sync::Notify,
 }
 
 struct State {
@@ -59,6 +61,7 @@ impl Session {
                 pending: BTreeSet::new(),
             }),
             opening: tokio::sync::Mutex::new(()),
+            room: tokio::sync::Notify::new(),
         })
     }
 
@@ -135,16 +138,28 @@ impl Session {
         }
     }
 
-    /// Allocates the next sequence number of session `id`.
-    fn begin(self: &Arc<Self>, id: u64) -> Pending {
-        let mut st = self.state();
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.pending.insert(seq);
-        Pending {
-            session: self.clone(),
-            id,
-            seq,
+    /// Allocates the next sequence number of session `id`, once fewer than
+    /// [`MAX_OUTSTANDING_REQUESTS`] separate it from the oldest one still waited for (the
+    /// state machine refuses requests beyond that window: one slow request must hold the
+    /// others back, not make them fail).
+    async fn begin(self: &Arc<Self>, id: u64) -> Pending {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut st = self.state();
+                let oldest = st.pending.first().copied().unwrap_or(st.next_seq);
+                if st.next_seq - oldest < MAX_OUTSTANDING_REQUESTS {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.pending.insert(seq);
+                    return Pending {
+                        session: self.clone(),
+                        id,
+                        seq,
+                    };
+                }
+            }
+            room.await;
         }
     }
 
@@ -180,9 +195,27 @@ impl Session {
         cluster: &Arc<Cluster>,
         op: &FsOp,
     ) -> Result<ringfs_core::fs::FsReply> {
+        let mut held;
         loop {
-            let id = self.ensure(cluster).await?;
-            let pending = self.begin(id);
+            // Not sent: registering failed, so the op certainly was not applied (its
+            // caller may discard what it uploaded for it, or keep it buffered to retry).
+            let id = self
+                .ensure(cluster)
+                .await
+                .map_err(|e| ClientError::NotCommitted(Box::new(e)))?;
+            // An op that holds files holds them for the session it is sent under (a
+            // fresh one after the previous ended): otherwise the hold would name an
+            // ended session and the file would never be released.
+            let op = if op.holds_files() {
+                held = op.clone();
+                if let Some(h) = held.holder_mut() {
+                    *h = id;
+                }
+                &held
+            } else {
+                op
+            };
+            let pending = self.begin(id).await;
             let attempts = std::sync::atomic::AtomicU32::new(0);
             let res = cluster
                 .fs_raw_with(self.volume, op, || {
@@ -238,6 +271,7 @@ struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.session.state().pending.remove(&self.seq);
+        self.session.room.notify_waiters();
     }
 }
 

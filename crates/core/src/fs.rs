@@ -288,6 +288,26 @@ pub const MAX_XATTR_LIST: usize = 64 * 1024;
 pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
 
 impl FsOp {
+    /// The session an op holds files for ([`FsOp::UnlinkHeld`], [`FsOp::RenameHeld`],
+    /// [`FsOp::Release`]): the client sets it to the session the op is sent under, which
+    /// can be a fresh one by the time it is sent.
+    pub fn holds_files(&self) -> bool {
+        matches!(
+            self,
+            FsOp::UnlinkHeld { .. } | FsOp::RenameHeld { .. } | FsOp::Release { .. }
+        )
+    }
+
+    /// The session field of an op that [holds files](FsOp::holds_files).
+    pub fn holder_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            FsOp::UnlinkHeld { session, .. }
+            | FsOp::RenameHeld { session, .. }
+            | FsOp::Release { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
     /// Session management: idempotent by nature, so never deduplicated (and sent without
     /// a [`RequestId`]: the session they open may not exist yet).
     pub fn is_session_op(&self) -> bool {
