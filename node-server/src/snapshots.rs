@@ -571,7 +571,12 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(snap.source_volume, "src");
-        assert_eq!(snap.used_bytes, 1500, "file data without the orphan");
+        // File data (1500) and a's attribute ("user.k" = "v": 7 bytes, charged like
+        // data), without the orphan.
+        assert_eq!(
+            snap.used_bytes, 1507,
+            "file and attribute bytes without the orphan"
+        );
         assert_eq!(snap.used_inodes, 4, "root, a, b, dir");
         assert_eq!((sm.refs(&a), sm.refs(&b), sm.refs(&held)), (2, 2, 1));
         assert_eq!(sm.rows(Tbl::Xattrs, snap.id), 1);
@@ -586,7 +591,7 @@ mod tests {
         );
         assert_eq!(sm.content(snap.id, "/held"), Err(FsError::NotFound));
         match sm.read(snap.id, FsOp::StatFs) {
-            Ok(FsReply::StatFs(s)) => assert_eq!((s.used_bytes, s.used_inodes), (1500, 4)),
+            Ok(FsReply::StatFs(s)) => assert_eq!((s.used_bytes, s.used_inodes), (1507, 4)),
             other => panic!("{other:?}"),
         }
         let write = FsOp::Mkdir {
@@ -647,7 +652,7 @@ mod tests {
             } => volume,
             other => panic!("{other:?}"),
         };
-        assert_eq!((clone.used_bytes, clone.used_inodes), (1500, 4));
+        assert_eq!((clone.used_bytes, clone.used_inodes), (1507, 4));
         assert_eq!(sm.refs(&a), 2);
         sm.file(clone.id, "new", block(5, 10));
         assert_eq!(sm.content(snap.id, "/new"), Err(FsError::NotFound));
