@@ -37,20 +37,8 @@ def test_only_modules(text):
 
 def group_items(body):
     """Top-level items of a `{a::b, c, d::{e, f}}` group: their first path segment."""
-    items, depth, cur = [], 0, ""
-    for ch in body:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    items.append(cur)
     out = []
-    for it in items:
+    for it in split_top(body):
         m = re.match(r"\s*(" + IDENT + ")", it)
         if m and m.group(1) != "self":
             out.append(m.group(1))
