@@ -199,10 +199,15 @@ impl Session {
         loop {
             // Not sent: registering failed, so the op certainly was not applied (its
             // caller may discard what it uploaded for it, or keep it buffered to retry).
-            let id = self
-                .ensure(cluster)
-                .await
-                .map_err(|e| ClientError::NotCommitted(Box::new(e)))?;
+            let id = self.ensure(cluster).await.map_err(|e| {
+                // A refusal (the volume is a read-only snapshot, ...) already says
+                // "not applied" and keeps its kind; anything else is wrapped so.
+                if e.not_applied() {
+                    e
+                } else {
+                    ClientError::NotCommitted(Box::new(e))
+                }
+            })?;
             // An op that holds files holds them for the session it is sent under (a
             // fresh one after the previous ended): otherwise the hold would name an
             // ended session and the file would never be released.
